@@ -60,10 +60,11 @@ class Batch:
 
     def encode(self) -> bytes:
         """Versioned msgpack bytes of this batch."""
-        return msgpack.packb(
+        packed: bytes = msgpack.packb(
             [BATCH_VERSION, self.request_id, [[int(o.kind), o.key, o.value, o.local] for o in self.ops]],
             use_bin_type=True,
         )
+        return packed
 
     @staticmethod
     def decode(raw: bytes) -> "Batch":

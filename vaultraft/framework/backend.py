@@ -35,6 +35,8 @@ class Path:
     exists: ExistenceCheck | None = None
     synopsis: str = ""
     description: str = ""
+    # Vault's TakesArbitraryInput: unknown fields are data, not a mistake to warn about.
+    takes_arbitrary_input: bool = False
 
     def compiled(self) -> re.Pattern[str]:
         """The compiled pattern (cached per instance by the backend)."""
@@ -86,11 +88,13 @@ class Backend:
     async def exists(self, req: Request) -> bool | None:
         """Existence of the target object, or None when the path defines no check."""
         found = self.match(req.path)
-        if found is None or found[0].exists is None:
+        if found is None:
             return None
         p, groups = found
-        d = self._field_data(p, groups, req)
-        return await p.exists(req, d)
+        check = p.exists
+        if check is None:
+            return None
+        return await check(req, self._field_data(p, groups, req))
 
     async def handle(self, req: Request) -> Response | None:
         """Run the handler for ``req``; raises UnsupportedPath/UnsupportedOperation."""
@@ -110,7 +114,7 @@ class Backend:
         d = self._field_data(p, groups, req)
         d.validate()
         resp = await handler(req, d)
-        unknown = [k for k in d.unknown() if k not in groups]
+        unknown = [] if p.takes_arbitrary_input else [k for k in d.unknown() if k not in groups]
         if unknown and req.operation not in (Operation.READ, Operation.LIST, Operation.DELETE):
             warning = "Endpoint ignored these unrecognized parameters: [" + " ".join(unknown) + "]"
             if resp is None:

@@ -161,7 +161,9 @@ def _to_str_list(v: Any, comma: bool) -> list[str]:
     raise ValueError("expected a list of strings")
 
 
-def _to_map(v: Any) -> dict[str, Any]:
+def _to_map(v: Any) -> dict[str, Any] | None:
+    if v is None:
+        return None
     if isinstance(v, dict):
         return v
     if isinstance(v, str):
@@ -202,7 +204,7 @@ def convert(ftype: FieldType, value: Any) -> Any:
                 out[k] = val
             return out
         m = _to_map(value)
-        return {str(k): str(v) for k, v in m.items()}
+        return None if m is None else {str(k): str(v) for k, v in m.items()}
     if ftype is FieldType.SLICE:
         return value if isinstance(value, list) else [value]
     if ftype is FieldType.STRING_SLICE:

@@ -54,8 +54,9 @@ class Request:
     headers: dict[str, str] = field(default_factory=dict)
     token: TokenInfo | None = None
     storage: StorageView | None = None
-    # Set by core: whether this request is a root-token/sudo request (for sys paths).
+    # Set by core from the ACL: the caller holds the root policy / sudo on this path.
     is_root: bool = False
+    sudo: bool = False
 
     def view(self) -> StorageView:
         """The backend's storage view; a routed request always has one."""
@@ -117,3 +118,6 @@ class Response:
     raw_body: Any = None
     status: int | None = None
     headers: dict[str, str] = field(default_factory=dict)
+    # Vault's older sys endpoints (sys/mounts, sys/auth, sys/audit, sys/policy) repeat
+    # the keys of ``data`` at the top level of the body for compatibility.
+    mirror_data: bool = False

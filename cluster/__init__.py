@@ -1,0 +1,1 @@
+"""Launch and drive vaultraft nodes (and later clusters and DR drills) on one machine."""

@@ -1,0 +1,30 @@
+"""Core's own ``sys/`` backend, built from framework paths like any engine.
+
+Unlike engines it may reach into core (mount table, policy store, audit, barrier):
+``sys/`` is where an operator controls the node. The unauthenticated endpoints
+(init, unseal, seal-status, health, leader) are served by :mod:`vaultraft.http` before
+the pipeline, because they must work while sealed.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from vaultraft.framework import Backend
+
+if TYPE_CHECKING:
+    from vaultraft.core.core import Core
+
+
+def build_sys_backend(core: "Core") -> Backend:
+    """The ``sys/`` backend bound to ``core``."""
+    from vaultraft.core.sys import audit, capabilities, misc, mounts, policy
+
+    paths = [
+        *mounts.paths(core),
+        *policy.paths(core),
+        *capabilities.paths(core),
+        *audit.paths(core),
+        *misc.paths(core),
+    ]
+    return Backend(paths, help="system endpoints used for control, policy and debugging", backend_type="system")

@@ -1,0 +1,76 @@
+"""sys/key-status, sys/rotate, sys/seal, sys/leader, sys/ha-status, sys/internal/ui/mounts."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import TYPE_CHECKING, Any
+
+from vaultraft.core.mounts import normalize_path
+from vaultraft.framework import Field, FieldData, FieldType, Path
+from vaultraft.logical import NotFound, Operation, Request, Response
+
+if TYPE_CHECKING:
+    from vaultraft.core.core import Core
+
+
+def rfc3339(ts: float) -> str:
+    """UTC RFC 3339 with nanoseconds, as Go formats time.Time."""
+    t = dt.datetime.fromtimestamp(ts, tz=dt.timezone.utc)
+    return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond:06d}000Z"
+
+
+def leader_status(core: "Core") -> dict[str, Any]:
+    """Vault's ``sys/leader`` body for this node."""
+    idx = core.physical.applied_index()
+    return {
+        "ha_enabled": False,
+        "is_self": not core.sealed,
+        "active_time": "0001-01-01T00:00:00Z",
+        "leader_address": core.settings.api_addr,
+        "leader_cluster_address": core.settings.cluster_addr,
+        "performance_standby": False,
+        "performance_standby_last_remote_wal": 0,
+        "raft_committed_index": idx,
+        "raft_applied_index": idx,
+    }
+
+
+def paths(core: "Core") -> list[Path]:
+    """Small operational endpoints."""
+
+    async def key_status(req: Request, d: FieldData) -> Response:
+        term, install_time, encryptions = core.barrier.key_status()
+        return Response(data={"term": term, "install_time": rfc3339(install_time), "encryptions": encryptions})
+
+    async def rotate(req: Request, d: FieldData) -> None:
+        await core.barrier.rotate()
+
+    async def seal(req: Request, d: FieldData) -> None:
+        await core.seal()
+
+    async def leader(req: Request, d: FieldData) -> Response:
+        return Response(raw_body=leader_status(core))
+
+    async def ha_status(req: Request, d: FieldData) -> Response:
+        return Response(data={"nodes": [{
+            "hostname": "", "api_address": core.settings.api_addr, "cluster_address": core.settings.cluster_addr,
+            "active_node": True, "last_echo": None, "version": "", "upgrade_version": "", "redundancy_zone": "",
+        }]})
+
+    async def ui_mount(req: Request, d: FieldData) -> Response:
+        path = d.get("path")
+        route = core.router.match(path)
+        if route is None or route.prefix == "sys/":
+            raise NotFound(f"preflight capability check returned 403, please ensure client's policies grant access to path \"{normalize_path(path)}\"")
+        j = route.entry.to_json()
+        return Response(data={**j, "path": route.prefix})
+
+    return [
+        Path(r"key-status", {Operation.READ: key_status}, synopsis="Provides information about the backend encryption key."),
+        Path(r"rotate", {Operation.UPDATE: rotate}, synopsis="Rotates the backend encryption key used to persist data."),
+        Path(r"seal", {Operation.UPDATE: seal}, synopsis="Seal the Vault."),
+        Path(r"leader", {Operation.READ: leader}, synopsis="Returns the high availability status and current leader instance of Vault."),
+        Path(r"ha-status", {Operation.READ: ha_status}, synopsis="Check the HA status of a Vault cluster."),
+        Path(r"internal/ui/mounts/(?P<path>.+)", {Operation.READ: ui_mount},
+             {"path": Field(FieldType.STRING, "The path of the mount.")}, synopsis="Information about a single mount."),
+    ]

@@ -1,0 +1,187 @@
+"""aiohttp application: one catch-all handler under /v1/ translating to core."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Any
+
+import structlog
+from aiohttp import http_parser, web, web_protocol
+
+from vaultraft.core import Core
+from vaultraft.http import sys_unauth
+from vaultraft.http.errors import status_for
+from vaultraft.logical import InvalidRequest, Operation, Request, Response, VaultError
+
+log = structlog.get_logger("vaultraft.http")
+
+# Vault's API uses the non-standard LIST method (hvac and the Vault CLI send it). aiohttp's
+# C parser (llhttp) only knows registered methods, so the server side uses aiohttp's own
+# pure-Python request parser, which accepts any RFC 9110 token as a method.
+web_protocol.HttpRequestParser = http_parser.HttpRequestParserPy  # type: ignore[misc]
+
+MAX_REQUEST_SIZE = 32 * 1024 * 1024
+_WRITE_OPS = (Operation.CREATE, Operation.UPDATE, Operation.PATCH, Operation.DELETE)
+_SKIP_HEADERS = {"x-vault-token", "authorization", "cookie"}
+
+
+def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(status=status, text=json.dumps(body), content_type="application/json", headers=headers)
+
+
+def error_response(err: VaultError) -> web.Response:
+    """Vault's ``{"errors": [...]}`` body with the mapped status."""
+    return _json(status_for(err), {"errors": err.messages})
+
+
+def operation_for(method: str, query: dict[str, str]) -> Operation:
+    """Vault's method → logical operation mapping."""
+    if method == "LIST":
+        return Operation.LIST
+    if method in ("GET", "HEAD"):
+        if query.get("list", "").lower() in ("true", "1", "t"):
+            return Operation.LIST
+        if query.get("help", "").lower() in ("1", "true", "t"):
+            return Operation.HELP
+        return Operation.READ
+    if method in ("POST", "PUT"):
+        return Operation.UPDATE
+    if method == "PATCH":
+        return Operation.PATCH
+    if method == "DELETE":
+        return Operation.DELETE
+    raise web.HTTPMethodNotAllowed(method, ["GET", "LIST", "POST", "PUT", "PATCH", "DELETE", "HEAD"])
+
+
+async def read_body(request: web.Request) -> dict[str, Any]:
+    """The JSON object in the body (empty body: {}); InvalidRequest otherwise."""
+    raw = await request.read()
+    if not raw.strip():
+        return {}
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise InvalidRequest(f"failed to parse JSON input: {e}") from None
+    if not isinstance(body, dict):
+        raise InvalidRequest("failed to parse JSON input: the body must be a JSON object")
+    return body
+
+
+def client_token(request: web.Request) -> str:
+    """X-Vault-Token, else an ``Authorization: Bearer`` token, else ""."""
+    tok = request.headers.get("X-Vault-Token", "")
+    if tok:
+        return tok.strip()
+    auth = request.headers.get("Authorization", "")
+    if auth[:7].lower() == "bearer ":
+        return auth[7:].strip()
+    return ""
+
+
+def envelope(resp: Response, request_id: str, mount_type: str) -> Any:
+    """Vault's response envelope (or the raw body for bare sys endpoints)."""
+    if resp.raw_body is not None:
+        return resp.raw_body
+    body: dict[str, Any] = {
+        "request_id": request_id,
+        "lease_id": resp.lease_id,
+        "renewable": resp.renewable,
+        "lease_duration": resp.lease_duration,
+        "data": resp.data,
+        "wrap_info": None,
+        "warnings": resp.warnings or None,
+        "auth": resp.auth.to_json() if resp.auth else None,
+        "mount_type": mount_type,
+    }
+    if resp.mirror_data and resp.data:
+        for k, v in resp.data.items():
+            body.setdefault(k, v)
+    return body
+
+
+class ApiHandler:
+    """Turns aiohttp requests into logical requests and back; logs one line each."""
+
+    def __init__(self, core: Core) -> None:
+        self.core = core
+
+    async def __call__(self, request: web.Request) -> web.StreamResponse:
+        started = time.monotonic()
+        request_id = str(uuid.uuid4())
+        path = request.match_info.get("path", "")
+        status = 500
+        try:
+            resp = await self._dispatch(request, path, request_id)
+            status = resp.status
+            return resp
+        except VaultError as e:
+            status = status_for(e)
+            return error_response(e)
+        except web.HTTPException as e:
+            status = e.status
+            return _json(e.status, {"errors": [e.reason]})
+        except Exception as e:  # a server fault: log the type only, never request data
+            log.error("request_failed", request_id=request_id, error=type(e).__name__, path=path,
+                      exc_info=isinstance(e, (AssertionError, AttributeError, KeyError, TypeError, NameError)))
+            return _json(500, {"errors": ["internal error"]})
+        finally:
+            log.info("http_request", request_id=request_id, method=request.method, path=path, status=status,
+                     duration_ms=round((time.monotonic() - started) * 1000, 2), remote=request.remote)
+
+    async def _dispatch(self, request: web.Request, path: str, request_id: str) -> web.Response:
+        core = self.core
+        method = request.method
+        path = path.strip("/") if path != "" else ""
+        body: dict[str, Any] = {}
+        if method in ("POST", "PUT", "PATCH") or (method == "DELETE" and request.can_read_body):
+            body = await read_body(request)
+        if path == "sys/health":
+            code, health = await sys_unauth.health(core, request)
+            if method == "HEAD":
+                return web.Response(status=code)
+            return _json(code, health)
+        special = sys_unauth.HANDLERS.get(path)
+        if special is not None:
+            code, out = await special(core, method, body)
+            return _json(code, out)
+        query = {k: v for k, v in request.query.items()}
+        op = operation_for(method, query)
+        data = body
+        if op in (Operation.READ, Operation.LIST, Operation.HELP, Operation.DELETE):
+            merged = {k: v for k, v in query.items() if k not in ("list", "help")}
+            merged.update(body)
+            data = merged
+        if op is Operation.LIST and not path.endswith("/"):
+            path += "/"
+        req = Request(
+            operation=op,
+            path=path,
+            data=data,
+            client_token=client_token(request),
+            request_id=request_id,
+            remote_addr=request.remote or "",
+            headers={k.lower(): v for k, v in request.headers.items() if k.lower() not in _SKIP_HEADERS},
+        )
+        resp = await core.handle_request(req)
+        headers: dict[str, str] = {}
+        if op in _WRITE_OPS:
+            headers["X-Vault-Index"] = str(core.physical.applied_index())
+        if resp is None or (resp.data is None and resp.auth is None and not resp.warnings
+                            and resp.raw_body is None and resp.status is None):
+            return web.Response(status=204, headers=headers)
+        headers.update(resp.headers)
+        mount_type = ""
+        route = core.router.match(path)
+        if route is not None:
+            mount_type = route.entry.type
+        return _json(resp.status or 200, envelope(resp, request_id, mount_type), headers)
+
+
+def build_app(core: Core) -> web.Application:
+    """The aiohttp application serving Vault's API for ``core``."""
+    app = web.Application(client_max_size=MAX_REQUEST_SIZE)
+    handler = ApiHandler(core)
+    app.router.add_route("*", "/v1/{path:.*}", handler)
+    return app

@@ -1,0 +1,151 @@
+"""Endpoints served before authentication and while sealed: init, unseal, seal-status,
+health and leader (Vault's http/sys_*.go handlers)."""
+
+from __future__ import annotations
+
+import base64
+import time
+from typing import Any
+
+from aiohttp import web
+
+from vaultraft import VAULT_COMPAT_VERSION
+from vaultraft.core import Core
+from vaultraft.core.sys.misc import leader_status
+from vaultraft.framework.fields import convert, FieldType
+from vaultraft.logical import InvalidRequest, UnsupportedOperation
+
+
+def _int(body: dict[str, Any], name: str, default: int = 0) -> int:
+    if name not in body or body[name] is None:
+        return default
+    try:
+        return int(convert(FieldType.INT, body[name]))
+    except ValueError:
+        raise InvalidRequest(f"'{name}' must be an integer") from None
+
+
+def _bool(body: dict[str, Any], name: str) -> bool:
+    if name not in body:
+        return False
+    try:
+        return bool(convert(FieldType.BOOL, body[name]))
+    except ValueError:
+        raise InvalidRequest(f"'{name}' must be a boolean") from None
+
+
+async def init(core: Core, method: str, body: dict[str, Any]) -> tuple[int, Any]:
+    """GET: initialization status. PUT/POST: initialize."""
+    if method in ("GET", "HEAD"):
+        return 200, {"initialized": await core.initialized()}
+    if method not in ("PUT", "POST"):
+        raise UnsupportedOperation()
+    if body.get("pgp_keys") or body.get("root_token_pgp_key"):
+        raise InvalidRequest("pgp_keys and root_token_pgp_key are not supported yet")
+    if body.get("recovery_shares") or body.get("stored_shares"):
+        raise InvalidRequest("recovery keys are only available with an auto-unseal seal")
+    shares = _int(body, "secret_shares", 0)
+    threshold = _int(body, "secret_threshold", 0)
+    result = await core.initialize(shares, threshold)
+    return 200, {
+        "keys": [k.hex() for k in result.keys],
+        "keys_base64": [base64.b64encode(k).decode() for k in result.keys],
+        "root_token": result.root_token,
+    }
+
+
+async def unseal(core: Core, method: str, body: dict[str, Any]) -> tuple[int, Any]:
+    """Submit a key share (or reset); answers the seal status."""
+    if method not in ("PUT", "POST"):
+        raise UnsupportedOperation()
+    reset = _bool(body, "reset")
+    key = body.get("key")
+    if key is not None and not isinstance(key, str):
+        raise InvalidRequest("'key' must be a string")
+    if not reset and not key:
+        raise InvalidRequest("'key' must be specified in request body as JSON, or 'reset' set to true")
+    await core.unseal(key, reset=reset)
+    return 200, await core.seal_status()
+
+
+async def seal_status(core: Core, method: str, body: dict[str, Any]) -> tuple[int, Any]:
+    """Vault's seal status."""
+    if method not in ("GET", "HEAD"):
+        raise UnsupportedOperation()
+    return 200, await core.seal_status()
+
+
+async def leader(core: Core, method: str, body: dict[str, Any]) -> tuple[int, Any]:
+    """HA leader information."""
+    if method not in ("GET", "HEAD"):
+        raise UnsupportedOperation()
+    return 200, leader_status(core)
+
+
+def _code(query: "web.BaseRequest", name: str, default: int) -> int:
+    raw = query.query.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        code = int(raw)
+    except ValueError:
+        raise InvalidRequest(f"bad code for {name}: {raw!r}") from None
+    if code < 100 or code > 999:
+        raise InvalidRequest(f"bad code for {name}: {raw!r}")
+    return code
+
+
+def _flag(request: "web.BaseRequest", name: str) -> bool:
+    raw = request.query.get(name)
+    if raw is None:
+        return False
+    return raw == "" or raw.lower() in ("1", "t", "true", "yes")
+
+
+async def health(core: Core, request: "web.BaseRequest") -> tuple[int, Any]:
+    """Vault's sys/health: status code by state, every override parameter honoured."""
+    initialized = await core.initialized()
+    sealed = core.sealed
+    role = core.ha_role() if not sealed else "sealed"
+    standby = role in ("standby", "perf_standby")
+    perf = role == "perf_standby"
+    dr_secondary = role == "dr_secondary"
+    if not initialized:
+        code = _code(request, "uninitcode", 501)
+    elif sealed:
+        code = _code(request, "sealedcode", 503)
+    elif dr_secondary:
+        code = _code(request, "drsecondarycode", 472)
+    elif perf:
+        code = _code(request, "activecode", 200) if _flag(request, "perfstandbyok") else _code(request, "performancestandbycode", 473)
+    elif standby:
+        code = _code(request, "activecode", 200) if _flag(request, "standbyok") else _code(request, "standbycode", 429)
+    else:
+        code = _code(request, "activecode", 200)
+    status = await core.seal_status()
+    body = {
+        "initialized": initialized,
+        "sealed": sealed,
+        "standby": standby,
+        "performance_standby": perf,
+        "replication_performance_mode": "disabled",
+        "replication_dr_mode": "disabled",
+        "server_time_utc": int(time.time()),
+        "version": VAULT_COMPAT_VERSION,
+        "enterprise": False,
+        "echo_duration_ms": 0,
+        "clock_skew_ms": 0,
+        "replication_primary_canary_age_ms": 0,
+    }
+    if "cluster_id" in status:
+        body["cluster_name"] = status["cluster_name"]
+        body["cluster_id"] = status["cluster_id"]
+    return code, body
+
+
+HANDLERS = {
+    "sys/init": init,
+    "sys/unseal": unseal,
+    "sys/seal-status": seal_status,
+    "sys/leader": leader,
+}

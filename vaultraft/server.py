@@ -1,0 +1,165 @@
+"""Wire one node: config → storage → barrier → core → http, and run it until a signal."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import os
+import resource
+import signal
+import ssl
+import sys
+from dataclasses import dataclass
+
+import structlog
+from aiohttp import web
+
+from vaultraft.config import ConfigError, ServerConfig, dev_config, load_config
+from vaultraft.config.model import ListenerConfig
+from vaultraft.core import Core, CoreSettings
+from vaultraft.core.mounts import new_entry
+from vaultraft.http import build_app
+from vaultraft.logging import configure_logging
+from vaultraft.storage.local import LocalPhysical
+
+log = structlog.get_logger("vaultraft.server")
+
+
+@dataclass(frozen=True)
+class DevOptions:
+    """``server -dev`` flags."""
+
+    root_token_id: str | None
+    listen_address: str
+
+
+def tls_context(listener: ListenerConfig) -> ssl.SSLContext | None:
+    """The listener's server TLS context (TLS 1.2 minimum), or None when TLS is disabled."""
+    if listener.tls_disable:
+        return None
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3 if listener.tls_min_version == "tls13" else ssl.TLSVersion.TLSv1_2
+    assert listener.tls_cert_file and listener.tls_key_file  # validated by config
+    ctx.load_cert_chain(listener.tls_cert_file, listener.tls_key_file)
+    if listener.tls_client_ca_file:
+        ctx.load_verify_locations(listener.tls_client_ca_file)
+        ctx.verify_mode = ssl.CERT_REQUIRED if listener.tls_require_and_verify_client_cert else ssl.CERT_OPTIONAL
+    return ctx
+
+
+def harden_process() -> None:
+    """Disable core dumps so key material never lands on disk through a crash."""
+    try:
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    except (ValueError, OSError):
+        log.warning("core_dump_disable_failed")
+
+
+async def start_dev(core: Core, opts: DevOptions) -> tuple[str, str]:
+    """Initialize with one share, unseal, mount kv-v2 at secret/; (unseal_key_b64, root_token)."""
+    result = await core.initialize(1, 1, root_token_id=opts.root_token_id)
+    key = base64.b64encode(result.keys[0]).decode()
+    await core.unseal(key)
+    u = core.unsealed
+    entry = new_entry("secret/", "kv", description="key/value secret storage", options={"version": "2"})
+    core.mount_backend(entry)
+    u.mounts.update(entry)
+    await u.mounts.save()
+    return key, result.root_token
+
+
+def reload_audit(core: Core) -> None:
+    """SIGHUP: reopen audit files (log rotation); log each device that failed."""
+    for failure in core.audit.reload():
+        log.error("audit_reload_failed", detail=failure)
+    log.info("audit_reloaded")
+
+
+def dev_banner(address: str, key: str, token: str) -> str:
+    """Vault's dev-mode banner (printed to the user's terminal at their request)."""
+    return (
+        "WARNING! dev mode is enabled! In this mode, Vault runs entirely in-memory\n"
+        "and starts unsealed with a single unseal key. The root token is already\n"
+        "authenticated to the CLI, so you can immediately begin using Vault.\n\n"
+        "You may need to set the following environment variables:\n\n"
+        f"    $ export VAULT_ADDR='http://{address}'\n\n"
+        "The unseal key and root token are displayed below in case you want to\n"
+        "seal/unseal the Vault or re-authenticate.\n\n"
+        f"Unseal Key: {key}\n"
+        f"Root Token: {token}\n\n"
+        "Development mode should NOT be used in production installations!\n"
+    )
+
+
+async def serve(config: ServerConfig, dev: DevOptions | None) -> int:
+    """Run the node until SIGINT/SIGTERM; returns the exit status."""
+    harden_process()
+    st = config.storage
+    physical = await LocalPhysical.open(st.type, st.path)
+    listener = config.listeners[0]
+    api_addr = config.api_addr or f"{listener.scheme}://{listener.address}"
+    core = Core(physical, CoreSettings(
+        cluster_name=config.cluster_name or "",
+        default_lease_ttl=config.default_lease_ttl,
+        max_lease_ttl=config.max_lease_ttl,
+        api_addr=api_addr,
+        cluster_addr=config.cluster_addr or f"https://{listener.cluster_address}",
+    ))
+    runner = web.AppRunner(build_app(core), access_log=None, handle_signals=False)
+    await runner.setup()
+    try:
+        for lst in config.listeners:
+            site = web.TCPSite(runner, lst.host or "0.0.0.0", lst.port, ssl_context=tls_context(lst),
+                               reuse_address=True)
+            await site.start()
+            log.info("listener_started", address=lst.address, tls=not lst.tls_disable)
+        if dev is not None:
+            key, token = await start_dev(core, dev)
+            sys.stdout.write(dev_banner(dev.listen_address, key, token))
+            sys.stdout.flush()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, lambda: reload_audit(core))
+        log.info("server_started", storage=st.type, api_addr=api_addr)
+        await stop.wait()
+        log.info("server_stopping")
+    finally:
+        await runner.cleanup()
+        if not core.sealed:
+            await core.seal()
+        await physical.close()
+    return 0
+
+
+def run_server_cli(argv: list[str]) -> int:
+    """``vaultraft server`` entry point: Vault's flags, exit 1 with one line on a bad config."""
+    p = argparse.ArgumentParser(prog="vaultraft server", prefix_chars="-")
+    p.add_argument("-config", "--config", action="append", default=[])
+    p.add_argument("-dev", "--dev", action="store_true")
+    p.add_argument("-dev-root-token-id", "--dev-root-token-id", default=None)
+    p.add_argument("-dev-listen-address", "--dev-listen-address", default="127.0.0.1:8200")
+    p.add_argument("-log-level", "--log-level", default=None)
+    p.add_argument("-log-format", "--log-format", default=None)
+    args = p.parse_args(argv)
+    try:
+        if args.dev:
+            config = dev_config(args.dev_listen_address)
+        elif args.config:
+            config = load_config(args.config)
+        else:
+            sys.stderr.write("Error: no configuration files found: use -config FILE or -dev\n")
+            return 1
+    except ConfigError as e:
+        sys.stderr.write(f"Error loading configuration: {e}\n")
+        return 1
+    configure_logging(args.log_level or os.environ.get("VAULT_LOG_LEVEL") or config.log_level,
+                      args.log_format or os.environ.get("VAULT_LOG_FORMAT") or config.log_format)
+    dev = DevOptions(args.dev_root_token_id, args.dev_listen_address) if args.dev else None
+    try:
+        return asyncio.run(serve(config, dev))
+    except OSError as e:
+        sys.stderr.write(f"Error starting server: {e.strerror or e}\n")
+        return 1

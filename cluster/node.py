@@ -104,10 +104,10 @@ class Node:
         self.wait_health({200})
 
     def request(self, method: str, path: str, body: Any = None, token: str | None = None,
-                timeout: float = 5.0) -> tuple[int, Any]:
+                timeout: float = 5.0, headers: dict[str, str] | None = None) -> tuple[int, Any]:
         """A raw API call: (status, parsed JSON or None)."""
         data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(f"{self.addr}/v1/{path}", data=data, method=method)
+        req = urllib.request.Request(f"{self.addr}/v1/{path}", data=data, method=method, headers=headers or {})
         if token:
             req.add_header("X-Vault-Token", token)
         try:

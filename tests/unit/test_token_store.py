@@ -210,8 +210,13 @@ async def test_num_uses_countdown(env: Env) -> None:
     assert second is not None and second.num_uses == 1
     last = await env.store.use(limited)
     assert last is not None and last.num_uses == REVOCATION_PENDING and last.policies == limited.policies
+    # spent: no other request may use it, but the request that spent it still sees it
     assert await env.store.lookup(limited.id) is None
+    assert await env.store.lookup(limited.id, allow_pending=True) is not None
     assert await env.store.use(limited) is None
+    assert env.revoked == []
+    await env.store.revoke_tree(limited.id)  # what core does when that request ends
+    assert await env.store.lookup(limited.id, allow_pending=True) is None
     assert env.revoked == [limited.accessor]
     assert await env.store.lookup(kid.id) is not None
 

@@ -110,11 +110,15 @@ async def handle_request(core: "Core", req: Request) -> Response | None:
     used = await u.tokens.use(entry)
     if used is None:
         raise PermissionDenied()
-    await core.audit.log_request(audited, info, None)
     try:
-        resp = await route.backend.handle(routed)
-    except VaultError as e:
-        await core.audit.log_response(audited, None, info, str(e))
-        raise
-    await core.audit.log_response(audited, resp, info, None)
-    return resp
+        await core.audit.log_request(audited, info, None)
+        try:
+            resp = await route.backend.handle(routed)
+        except VaultError as e:
+            await core.audit.log_response(audited, None, info, str(e))
+            raise
+        await core.audit.log_response(audited, resp, info, None)
+        return resp
+    finally:
+        if used.revocation_pending:
+            await u.tokens.revoke_tree(entry.id)

@@ -148,6 +148,8 @@ class ApiHandler:
             return _json(code, out)
         query = {k: v for k, v in request.query.items()}
         op = operation_for(method, query)
+        if op is Operation.PATCH and request.content_type != "application/merge-patch+json":
+            return _json(415, {"errors": ["PATCH requires Content-Type application/merge-patch+json"]})
         data = body
         if op in (Operation.READ, Operation.LIST, Operation.HELP, Operation.DELETE):
             merged = {k: v for k, v in query.items() if k not in ("list", "help")}

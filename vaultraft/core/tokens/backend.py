@@ -186,8 +186,11 @@ class _TokenBackend:
         return await self._lookup_token(d.get("token") or req.client_token)
 
     async def lookup_self(self, req: Request, d: FieldData) -> Response:
-        """``lookup-self``: the caller's token."""
-        return await self._lookup_token(req.client_token)
+        """``lookup-self``: the caller's token (also on its last use)."""
+        entry = await self.store.lookup(req.client_token, allow_pending=True)
+        if entry is None:
+            raise PermissionDenied("bad token")
+        return Response(data=lookup_data(entry, self.store.now(), include_id=True))
 
     async def lookup_accessor(self, req: Request, d: FieldData) -> Response:
         """``lookup-accessor``: the token behind an accessor, without its id."""

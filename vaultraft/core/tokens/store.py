@@ -250,15 +250,17 @@ class TokenStore:
 
     # ---- lookup and use -----------------------------------------------------------------
 
-    async def lookup(self, token_id: str) -> TokenEntry | None:
+    async def lookup(self, token_id: str, *, allow_pending: bool = False) -> TokenEntry | None:
         """The live entry for ``token_id``; None when missing, revoked or expired.
 
         An expired token is revoked (with its tree) on the way, as is a token whose
-        ancestor expired or vanished: a child never outlives its parent.
+        ancestor expired or vanished: a child never outlives its parent. With
+        ``allow_pending`` a token on its last use (revocation pending until the request
+        that spends it ends) is still returned: ``lookup-self`` on the last use works.
         """
         if not token_id:
             return None
-        return await self._lookup_hash(await self.hash_id(token_id))
+        return await self._lookup_hash(await self.hash_id(token_id), allow_pending=allow_pending)
 
     async def lookup_accessor(self, accessor: str) -> TokenEntry | None:
         """The live entry whose accessor is ``accessor``, or None (as :meth:`lookup`)."""
@@ -269,9 +271,9 @@ class TokenStore:
             return None
         return await self._lookup_hash(found.value.decode("ascii", errors="replace"))
 
-    async def _lookup_hash(self, h: str) -> TokenEntry | None:
+    async def _lookup_hash(self, h: str, *, allow_pending: bool = False) -> TokenEntry | None:
         entry = await self._load(h)
-        if entry is None or entry.revocation_pending:
+        if entry is None or (entry.revocation_pending and not allow_pending):
             return None
         now = self._now()
         if entry.expired(now):
@@ -306,8 +308,10 @@ class TokenStore:
 
     async def use(self, entry: TokenEntry) -> TokenEntry | None:
         """Consume one use of ``entry``. Unlimited tokens come back unchanged; a limited
-        one comes back with the uses left (``-1`` on its last use, after which it has been
-        revoked with its tree); None when it was already exhausted or revoked."""
+        one comes back with the uses left (``-1`` on its last use: it is then unusable for
+        any other request, and the caller revokes it with :meth:`revoke_tree` once the
+        request that spent it has finished, as Vault does); None when it was already
+        exhausted or revoked."""
         if entry.num_uses == 0:
             return entry
         h = await self.hash_id(entry.id)
@@ -318,8 +322,6 @@ class TokenStore:
             last = current.num_uses == 1
             current = current.with_changes(num_uses=REVOCATION_PENDING if last else current.num_uses - 1)
             await self._put(h, current)
-        if last:
-            await self._revoke_tree_hash(h)
         return current
 
     # ---- renewal ------------------------------------------------------------------------

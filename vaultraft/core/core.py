@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import json
 import os
 import secrets
@@ -21,20 +19,18 @@ from vaultraft.barrier import Barrier
 from vaultraft.core.audit_table import AuditTable
 from vaultraft.core.mounts import MountEntry, MountTable, Route, Router, new_entry
 from vaultraft.core.policy_store import PolicyStore
+from vaultraft.core.seal_manager import SealManager, check_shares
 from vaultraft.core.tokens import TokenEntry, TokenStore
 from vaultraft.core.views import BarrierView
 from vaultraft.engines import BUILTIN_ENGINES
 from vaultraft.engines.cubbyhole import destroy_cubbyhole
 from vaultraft.framework import Backend
 from vaultraft.logical import InvalidRequest, NotInitialized, Request, Response, Sealed, StorageEntry
-from vaultraft.seal.shamir import split
-from vaultraft.seal.shamir_seal import SealConfig, ShareError, UnsealProgress, unwrap_root_key, wrap_root_key
 from vaultraft.storage import Physical
 
 log = structlog.get_logger("vaultraft.core")
 
-SEAL_CONFIG_KEY = "core/seal-config"
-ROOT_KEY_KEY = "core/root-key"
+BUILD_DATE = "2026-11-23T00:00:00Z"
 TIDY_INTERVAL = 30.0
 
 
@@ -73,19 +69,6 @@ class _Unsealed:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def decode_key(key: str) -> bytes:
-    """An unseal key given as hex or base64; InvalidRequest otherwise (Vault's message)."""
-    k = key.strip()
-    try:
-        return bytes.fromhex(k)
-    except ValueError:
-        pass
-    try:
-        return base64.b64decode(k, validate=True)
-    except (binascii.Error, ValueError):
-        raise InvalidRequest("'key' must be a valid hex or base64 string") from None
-
-
 class Core:
     """One node's core. Every public coroutine is safe to call concurrently."""
 
@@ -95,9 +78,8 @@ class Core:
         self.barrier = Barrier(physical)
         self.router = Router()
         self.audit = AuditBroker()
+        self.seals = SealManager(self.barrier)
         self._lock = asyncio.Lock()
-        self._progress: UnsealProgress | None = None
-        self._seal_config: SealConfig | None = None
         self._u: _Unsealed | None = None
 
     # ---- state ---------------------------------------------------------------------------
@@ -114,33 +96,25 @@ class Core:
             raise Sealed()
         return self._u
 
-    async def seal_config(self) -> SealConfig | None:
-        """The stored seal configuration, or None before init."""
-        if self._seal_config is None:
-            raw = await self.barrier.raw_get(SEAL_CONFIG_KEY)
-            if raw is not None:
-                self._seal_config = SealConfig.from_bytes(raw)
-        return self._seal_config
-
     async def initialized(self) -> bool:
         """Whether ``sys/init`` has run against this storage."""
-        return await self.seal_config() is not None
+        return await self.seals.config() is not None
 
     async def seal_status(self) -> dict[str, Any]:
         """Vault's ``sys/seal-status`` body."""
-        cfg = await self.seal_config()
+        fields = await self.seals.status_fields(self.sealed)
         body: dict[str, Any] = {
-            "type": cfg.type if cfg else "shamir",
-            "initialized": cfg is not None,
+            "type": fields["type"],
+            "initialized": fields["initialized"],
             "sealed": self.sealed,
-            "t": cfg.secret_threshold if cfg else 0,
-            "n": cfg.secret_shares if cfg else 0,
-            "progress": self._progress.progress if (self._progress and self.sealed) else 0,
-            "nonce": self._progress.nonce if (self._progress and self.sealed and self._progress.progress) else "",
+            "t": fields["t"],
+            "n": fields["n"],
+            "progress": fields["progress"],
+            "nonce": fields["nonce"],
             "version": VAULT_COMPAT_VERSION,
-            "build_date": "2026-11-23T00:00:00Z",
-            "migration": False,
-            "recovery_seal": False,
+            "build_date": BUILD_DATE,
+            "migration": fields["migration"],
+            "recovery_seal": fields["recovery_seal"],
             "storage_type": self.physical.storage_type,
         }
         if self._u is not None:
@@ -158,12 +132,10 @@ class Core:
         async with self._lock:
             if await self.initialized():
                 raise InvalidRequest("Vault is already initialized")
-            _check_shares(secret_shares, secret_threshold)
+            check_shares(secret_shares, secret_threshold)
             root_key = os.urandom(32)
-            kek = os.urandom(32)
-            shares = [kek] if secret_shares == 1 else split(kek, secret_shares, secret_threshold)
             await self.barrier.initialize(root_key)
-            await self.barrier.raw_put(ROOT_KEY_KEY, wrap_root_key(kek, root_key))
+            shares, cfg = await self.seals.wrap_new_root_key(root_key, secret_shares, secret_threshold)
             await self.barrier.unseal(root_key)
             try:
                 sys_view = BarrierView(self.barrier, "core/", local=False)
@@ -171,9 +143,7 @@ class Core:
                 await sys_view.put(StorageEntry("cluster", json.dumps(cluster).encode()))
                 await self._setup(first_time=True)
                 root = await self.unsealed.tokens.create_root_token(root_token_id)
-                cfg = SealConfig(type="shamir", secret_shares=secret_shares, secret_threshold=secret_threshold)
-                await self.barrier.raw_put(SEAL_CONFIG_KEY, cfg.to_bytes())
-                self._seal_config = cfg
+                await self.seals.store_config(cfg)
             finally:
                 await self._teardown()
                 self.barrier.seal()
@@ -189,55 +159,37 @@ class Core:
         raises InvalidRequest; the node stays sealed.
         """
         async with self._lock:
-            cfg = await self.seal_config()
-            if cfg is None:
+            if not await self.initialized():
                 raise NotInitialized()
             if reset:
-                self._progress = None
+                self.seals.reset_progress()
                 return
             if not self.sealed:
                 return
             if not key:
                 raise InvalidRequest("missing required 'key' parameter")
-            share = decode_key(key)
-            if self._progress is None:
-                self._progress = UnsealProgress(cfg.secret_threshold)
-            try:
-                kek = self._progress.add(share)
-            except ShareError as e:
-                raise InvalidRequest(str(e)) from None
-            if kek is None:
+            root_key = await self.seals.submit_share(key)
+            if root_key is None:
                 return
-            self._progress = None
-            blob = await self.barrier.raw_get(ROOT_KEY_KEY)
-            if blob is None:
-                raise InvalidRequest("stored root key is missing")
-            try:
-                root_key = unwrap_root_key(kek, blob)
-            except Exception:
-                raise InvalidRequest("Error unsealing: failed to decrypt the root key: invalid key or key combination") from None
-            await self.barrier.unseal(root_key)
-            try:
-                await self._setup(first_time=False)
-            except BaseException:
-                await self._teardown()
-                self.barrier.seal()
-                raise
-            log.info("core_unsealed")
+            await self._unseal_with(root_key)
+
+    async def _unseal_with(self, root_key: bytes) -> None:
+        await self.barrier.unseal(root_key)
+        try:
+            await self._setup(first_time=False)
+        except BaseException:
+            await self._teardown()
+            self.barrier.seal()
+            raise
+        log.info("core_unsealed")
 
     async def seal(self) -> None:
         """Seal: stop background work, forget routes and keys."""
         async with self._lock:
             await self._teardown()
             self.barrier.seal()
-            self._progress = None
+            self.seals.reset_progress()
             log.info("core_sealed")
-
-    def unseal_progress(self) -> tuple[int, str]:
-        """(progress, nonce) of the current unseal attempt."""
-        if self._progress is None:
-            return 0, ""
-        return self._progress.progress, self._progress.nonce
 
     # ---- requests --------------------------------------------------------------------------
 
@@ -336,17 +288,3 @@ class Core:
                     log.info("expired_tokens_revoked", count=n)
             except Exception as e:  # a failed tidy must not kill the node
                 log.warning("token_tidy_failed", error=type(e).__name__)
-
-
-def _check_shares(n: int, t: int) -> None:
-    if n < 1:
-        raise InvalidRequest("shares must be at least one")
-    if t < 1:
-        raise InvalidRequest("threshold must be at least one")
-    if t > n:
-        raise InvalidRequest("threshold cannot be larger than shares")
-    if n > 1 and t < 2:
-        raise InvalidRequest("threshold must be greater than one for multiple shares")
-    if n > 255:
-        raise InvalidRequest("shares must be less than 256")
-

@@ -248,3 +248,43 @@ async def test_map_full_fails_the_group_and_storage_recovers(tmp_path: Path) -> 
     assert (await phys.apply(put(("after", b"ok")))).index == 2
     assert await phys.get("after") == b"ok"
     await phys.close()
+
+
+def test_apply_entry_dedups_request_ids_and_replays(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from vaultraft.storage import Batch, Op
+    from vaultraft.storage.lmdb_store import LMDBStore
+
+    store = LMDBStore(str(tmp_path / "db"))
+    a = Batch((Op.put("k", b"1"),), b"req-a")
+    b = Batch((Op.put("k", b"2"),), b"req-b")
+    assert [r.index for r in store.apply_entry(5, 2, [a, b])] == [5, 5]
+    assert store.get("k") == b"2" and store.applied_index() == 5 and store.applied_term() == 2
+    # a retry of request a in a later entry is skipped and reports where it was applied
+    res = store.apply_entry(6, 2, [a, Batch((Op.put("j", b"x"),), b"req-c")])
+    assert res[0].index == 5 and res[1].index == 6
+    assert store.get("k") == b"2" and store.get("j") == b"x"
+    # replaying an old entry changes nothing
+    store.apply_entry(6, 2, [Batch((Op.put("j", b"replayed"),), b"req-d")])
+    assert store.get("j") == b"x"
+    store.close()
+    again = LMDBStore(str(tmp_path / "db"))
+    assert again.applied_index() == 6 and again.applied_term() == 2
+    again.close()
+
+
+def test_request_id_window_is_pruned(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from vaultraft.storage import Batch, Op
+    from vaultraft.storage import lmdb_store
+    from vaultraft.storage.lmdb_store import LMDBStore
+
+    monkeypatch.setattr(lmdb_store, "REQUEST_ID_WINDOW", 3)
+    store = LMDBStore(str(tmp_path / "db"))
+    for i in range(1, 10):
+        store.apply_entry(i, 1, [Batch((Op.put(f"k{i}", b"v"),), f"r{i}".encode())])
+    # r1 fell out of the window: the same id is applied again as a new request
+    res = store.apply_entry(10, 1, [Batch((Op.put("k1", b"again"),), b"r1")])
+    assert res[0].index == 10 and store.get("k1") == b"again"
+    # r8 is still remembered
+    res = store.apply_entry(11, 1, [Batch((Op.put("k8", b"again"),), b"r8")])
+    assert res[0].index == 8 and store.get("k8") == b"v"
+    store.close()

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import builtins
 import os
+import shutil
+import threading
+from contextlib import contextmanager
 from typing import Iterator, Sequence
 
 import lmdb
@@ -24,6 +27,11 @@ STORE_MAX_KEY_BYTES = 511
 _DATA_DB = b"data"
 _META_DB = b"meta"
 _APPLIED_KEY = b"applied_index"
+_APPLIED_TERM_KEY = b"applied_term"
+_REQ_PREFIX = b"req/"  # request_id -> index of the entry that applied it
+_REQIDX_PREFIX = b"reqidx/"  # index(8) + request_id -> b"" (for pruning in index order)
+#: How many log indexes a request id is remembered for (retries land well within this).
+REQUEST_ID_WINDOW = 100_000
 _SLASH_SUCCESSOR = b"0"  # the byte after b"/": seeking here skips a whole folder
 
 
@@ -50,6 +58,44 @@ def encode_index(index: int) -> bytes:
     return index.to_bytes(8, "big")
 
 
+class RWLock:
+    """Many readers or one exclusive holder (used to swap or resize the environment)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._exclusive = False
+
+    @contextmanager
+    def shared(self) -> Iterator[None]:
+        """Hold the lock shared (normal reads and writes)."""
+        with self._cond:
+            while self._exclusive:
+                self._cond.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                if self._readers == 0:
+                    self._cond.notify_all()
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Hold the lock alone (no transaction of this process is open meanwhile)."""
+        with self._cond:
+            while self._exclusive or self._readers:
+                self._cond.wait()
+            self._exclusive = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._exclusive = False
+                self._cond.notify_all()
+
+
 class LMDBStore:
     """Synchronous ordered key/value store on one LMDB environment (the blocking core).
 
@@ -62,9 +108,15 @@ class LMDBStore:
         os.makedirs(path, mode=0o700, exist_ok=True)
         os.chmod(path, 0o700)
         self.path = path
+        self._map_size = map_size
+        self._guard = RWLock()
+        self._closed = False
+        self._open()
+
+    def _open(self) -> None:
         self._env = lmdb.open(
-            path,
-            map_size=map_size,
+            self.path,
+            map_size=self._map_size,
             max_dbs=4,
             subdir=True,
             sync=True,
@@ -77,8 +129,9 @@ class LMDBStore:
         self._max_key = min(STORE_MAX_KEY_BYTES, self._env.max_key_size())
         with self._env.begin(db=self._meta) as txn:
             raw = txn.get(_APPLIED_KEY)
+            raw_term = txn.get(_APPLIED_TERM_KEY)
         self._applied = 0 if raw is None else int.from_bytes(raw, "big")
-        self._closed = False
+        self._applied_term = 0 if raw_term is None else int.from_bytes(raw_term, "big")
 
     # -- reads ---------------------------------------------------------------------------
 
@@ -87,9 +140,9 @@ class LMDBStore:
         k = key.encode("utf-8")
         if not k or len(k) > self._max_key:
             return None
-        with self._env.begin(db=self._data) as txn:
+        with self._guard.shared(), self._env.begin(db=self._data) as txn:
             v = txn.get(k)
-        return None if v is None else bytes(v)
+            return None if v is None else bytes(v)
 
     def list(self, prefix: str) -> builtins.list[str]:
         """Immediate children of ``prefix`` (folders end in ``/``), sorted.
@@ -101,7 +154,7 @@ class LMDBStore:
         out: builtins.list[str] = []
         if len(p) > self._max_key:
             return out
-        with self._env.begin(db=self._data) as txn:
+        with self._guard.shared(), self._env.begin(db=self._data) as txn:
             cur = txn.cursor()
             found = cur.set_range(p)
             while found:
@@ -127,7 +180,7 @@ class LMDBStore:
 
     def all_items(self) -> Iterator[tuple[str, bytes]]:
         """Every (key, value) in key order, read from one consistent snapshot."""
-        with self._env.begin(db=self._data) as txn:
+        with self._guard.shared(), self._env.begin(db=self._data) as txn:
             for k, v in txn.cursor():
                 yield bytes(k).decode("utf-8"), bytes(v)
 
@@ -151,7 +204,7 @@ class LMDBStore:
         """
         results: builtins.list[ApplyResult] = []
         applied = self._applied
-        with self._env.begin(write=True) as txn:
+        with self._guard.shared(), self._env.begin(write=True) as txn:
             for batch, index in batches:
                 if index <= applied:
                     results.append(ApplyResult(index))
@@ -186,16 +239,109 @@ class LMDBStore:
         child.commit()
         return None
 
+    def apply_entry(self, index: int, term: int, batches: Sequence[Batch]) -> builtins.list[ApplyResult]:
+        """Apply every batch of Raft log entry ``index`` in ONE write transaction.
+
+        Deterministic and idempotent: an index at or below the stored applied index is a
+        replay and changes nothing; a batch whose non-empty request id was already
+        applied (a client retry) is skipped and reports the index that applied it. The
+        applied index and term are stored in the same transaction. Raises only for
+        infrastructure faults, in which case nothing was written.
+        """
+        if index <= self._applied:
+            return [ApplyResult(index) for _ in batches]
+        results: builtins.list[ApplyResult] = []
+        with self._guard.shared(), self._env.begin(write=True) as txn:
+            for batch in batches:
+                rid = batch.request_id
+                if rid:
+                    seen = txn.get(_REQ_PREFIX + rid, db=self._meta)
+                    if seen is not None:
+                        results.append(ApplyResult(int.from_bytes(seen, "big")))
+                        continue
+                err = batch_error(batch, self._max_key)
+                if err is None:
+                    err = self._apply_nested(txn, batch)
+                if rid and err is None:
+                    txn.put(_REQ_PREFIX + rid, encode_index(index), db=self._meta)
+                    txn.put(_REQIDX_PREFIX + encode_index(index) + rid, b"", db=self._meta)
+                results.append(ApplyResult(index, err))
+            self._prune_request_ids(txn, index)
+            txn.put(_APPLIED_KEY, encode_index(index), db=self._meta)
+            txn.put(_APPLIED_TERM_KEY, encode_index(term), db=self._meta)
+        self._applied = index
+        self._applied_term = term
+        return results
+
+    def _prune_request_ids(self, txn: lmdb.Transaction, index: int) -> None:
+        horizon = index - REQUEST_ID_WINDOW
+        if horizon <= 0:
+            return
+        cur = txn.cursor(db=self._meta)
+        stop = _REQIDX_PREFIX + encode_index(horizon)
+        found = cur.set_range(_REQIDX_PREFIX)
+        while found:
+            k = bytes(cur.key())
+            if not k.startswith(_REQIDX_PREFIX) or k >= stop:
+                break
+            txn.delete(_REQ_PREFIX + k[len(_REQIDX_PREFIX) + 8:], db=self._meta)
+            found = cur.delete()
+            if found and not bytes(cur.key()).startswith(_REQIDX_PREFIX):
+                break
+
+    def applied_term(self) -> int:
+        """The Raft term of the last applied entry (0 when written without Raft)."""
+        return self._applied_term
+
     # -- maintenance ---------------------------------------------------------------------
 
     def snapshot_to(self, path: str) -> None:
         """Write a compacted, consistent copy of the environment into the new dir ``path``."""
         os.makedirs(path, mode=0o700, exist_ok=True)
-        self._env.copy(path, compact=True)
+        with self._guard.shared():
+            self._env.copy(path, compact=True)
+
+    def copy_to_fd(self, fd: int) -> None:
+        """Write a compacted, consistent copy of the data file to the open file ``fd``."""
+        with self._guard.shared():
+            self._env.copyfd(fd, compact=True)
+
+    def grow(self) -> None:
+        """Double the map size (after a MapFullError); waits for open transactions."""
+        with self._guard.exclusive():
+            self._map_size *= 2
+            self._env.set_mapsize(self._map_size)
+
+    def replace_with(self, data_file: str) -> None:
+        """Replace the whole store by the LMDB data file ``data_file`` (a snapshot).
+
+        Waits for open transactions, swaps the file in atomically (rename), reopens,
+        and reloads the applied index. ``data_file`` is consumed.
+        """
+        with self._guard.exclusive():
+            self._env.close()
+            target = os.path.join(self.path, "data.mdb")
+            os.replace(data_file, target)
+            lock = os.path.join(self.path, "lock.mdb")
+            if os.path.exists(lock):
+                os.unlink(lock)
+            size = os.path.getsize(target)
+            while self._map_size < size * 2:
+                self._map_size *= 2
+            self._open()
+
+    def wipe(self) -> None:
+        """Delete every key and the applied index (a node joining another cluster)."""
+        with self._guard.exclusive():
+            self._env.close()
+            shutil.rmtree(self.path, ignore_errors=True)
+            os.makedirs(self.path, mode=0o700, exist_ok=True)
+            self._open()
 
     def sync(self) -> None:
         """Force a flush to disk (commits already sync; this is for belt and braces)."""
-        self._env.sync(True)
+        with self._guard.shared():
+            self._env.sync(True)
 
     def close(self) -> None:
         """Close the environment; idempotent."""

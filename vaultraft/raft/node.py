@@ -1,0 +1,448 @@
+"""RaftPhysical: the Physical interface over pysyncobj + the LMDB state machine.
+
+Reads are served from the local LMDB copy. Writes become log entries: concurrent
+``apply`` calls are coalesced (group commit) into one BATCHES command, submitted to
+pysyncobj, and acknowledged only after the entry is committed by a quorum and applied
+locally (pysyncobj calls back after its own apply). Every submission has a timeout and is
+retried with the same request ids, so a lost callback or a leader change never applies a
+batch twice.
+
+Consensus runs only while the node is unsealed (as in Vault: the cluster TLS key lives
+behind the barrier): :meth:`start_consensus` / :meth:`stop_consensus`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import structlog
+from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
+from pysyncobj.monotonic import monotonic as raft_clock  # pysyncobj's clock (CLOCK_MONOTONIC_RAW)
+from pysyncobj.node import TCPNode
+
+from vaultraft.raft.command import Command, CommandKind
+from vaultraft.raft.fsm import ApplyObserver, StateMachine
+from vaultraft.raft.snapshot import pysyncobj_hooks
+from vaultraft.storage import ApplyResult, Batch
+from vaultraft.storage.lmdb_store import LMDBStore
+
+log = structlog.get_logger("vaultraft.raft")
+
+MAX_GROUP_BATCHES = 512
+MAX_GROUP_BYTES = 1 << 20
+MAX_INFLIGHT = 8
+ATTEMPT_TIMEOUT = 3.0
+_RETRYABLE = {FAIL_REASON.QUEUE_FULL, FAIL_REASON.MISSING_LEADER, FAIL_REASON.DISCARDED,
+              FAIL_REASON.NOT_LEADER, FAIL_REASON.LEADER_CHANGED, FAIL_REASON.UNKNOWN_OUTCOME}
+
+
+class RaftError(Exception):
+    """Base of the Raft layer's infrastructure errors (core maps them)."""
+
+
+class NotLeaderError(RaftError):
+    """This node cannot accept writes; ``leader_cluster_addr`` is the known leader or None."""
+
+    def __init__(self, leader_cluster_addr: str | None) -> None:
+        super().__init__("node is not the raft leader")
+        self.leader_cluster_addr = leader_cluster_addr
+
+
+class CommitTimeout(RaftError):
+    """A write was not committed before its deadline (its outcome may still be applied)."""
+
+
+class ConsensusStopped(RaftError):
+    """The node is not participating in consensus (sealed, or shutting down)."""
+
+
+@dataclass(frozen=True)
+class RaftTuning:
+    """Timing knobs (seconds). Failover time lives in the election timeouts."""
+
+    election_min: float = 0.4
+    election_max: float = 1.0
+    heartbeat: float = 0.05
+    commit_timeout: float = 10.0
+    log_compaction_entries: int = 20_000
+    log_compaction_seconds: int = 300
+
+    @property
+    def lease(self) -> float:
+        """How long a quorum's acknowledgement keeps a leader safe to serve reads."""
+        return self.election_min / 2
+
+
+@dataclass
+class _Pending:
+    batch: Batch
+    future: asyncio.Future[ApplyResult]
+    size: int = 0
+
+
+class _ReplicatedLog(SyncObj):  # type: ignore[misc]
+    """pysyncobj node with exactly one replicated method taking one bytes argument."""
+
+    def __init__(self, self_addr: str, peers: Sequence[str], conf: SyncObjConf, fsm: StateMachine,
+                 transport_class: type | None) -> None:
+        self._vr_fsm = fsm
+        kwargs: dict[str, Any] = {}
+        if transport_class is not None:
+            kwargs["transportClass"] = transport_class
+        super().__init__(self_addr, list(peers), conf, **kwargs)
+
+    @replicated  # type: ignore[misc]
+    def apply_command(self, raw: bytes) -> list[tuple[int, str | None]]:
+        index = self.raftLastApplied + 1
+        return [(r.index, r.error) for r in self._vr_fsm.apply(raw, index, self._getTerm())]
+
+
+@dataclass
+class RaftStatus:
+    """A point-in-time view for sys/leader, autopilot and list-peers."""
+
+    self_addr: str
+    leader_addr: str | None
+    is_leader: bool
+    term: int
+    commit_index: int
+    applied_index: int
+    peers: list[str] = field(default_factory=list)
+    last_contact: dict[str, float] = field(default_factory=dict)
+    match_index: dict[str, int] = field(default_factory=dict)
+    connected: set[str] = field(default_factory=set)
+
+
+class RaftPhysical:
+    """Implements :class:`vaultraft.storage.Physical` on a Raft-replicated LMDB."""
+
+    storage_type = "raft"
+
+    def __init__(self, store: LMDBStore, *, data_dir: str, self_addr: str, node_id: str,
+                 tuning: RaftTuning = RaftTuning(), observer: ApplyObserver | None = None) -> None:
+        self.store = store
+        self.data_dir = data_dir
+        self.self_addr = self_addr
+        self.node_id = node_id
+        self.tuning = tuning
+        self.fsm = StateMachine(store, observer)
+        self._obj: _ReplicatedLog | None = None
+        self._reads = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="vr-raft-read")
+        self._queue: asyncio.Queue[_Pending] | None = None
+        self._committer: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._applied_waiters: list[tuple[int, asyncio.Future[None]]] = []
+
+    # ---- consensus lifecycle -------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        """Whether this node takes part in consensus now."""
+        return self._obj is not None
+
+    def peers_file(self) -> str:
+        return os.path.join(self.data_dir, "raft", "peers.json")
+
+    def known_peers(self) -> list[str]:
+        """Other members' cluster addresses as last recorded locally."""
+        try:
+            with open(self.peers_file()) as f:
+                peers = json.load(f)
+            return [p for p in peers if isinstance(p, str) and p != self.self_addr]
+        except (OSError, ValueError):
+            return []
+
+    def record_peers(self, peers: Sequence[str]) -> None:
+        """Remember the membership for the next start (atomic, fsynced)."""
+        path = self.peers_file()
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(sorted(set(peers) - {self.self_addr}), f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+    async def start_consensus(self, transport_class: type | None, peers: Sequence[str] | None = None) -> None:
+        """Join the Raft group with ``peers`` (default: the recorded membership)."""
+        if self._obj is not None:
+            return
+        self._loop = asyncio.get_running_loop()
+        members = list(peers) if peers is not None else self.known_peers()
+        self.record_peers(members)
+        raft_dir = os.path.join(self.data_dir, "raft")
+        os.makedirs(raft_dir, mode=0o700, exist_ok=True)
+        serializer, deserializer = pysyncobj_hooks(self.store, TCPNode)
+        t = self.tuning
+        conf = SyncObjConf(
+            journalFile=os.path.join(raft_dir, "journal"),
+            fullDumpFile=os.path.join(raft_dir, "snapshot"),
+            serializer=serializer,
+            deserializer=deserializer,
+            useFork=False,
+            dynamicMembershipChange=True,
+            raftMinTimeout=t.election_min,
+            raftMaxTimeout=t.election_max,
+            appendEntriesPeriod=t.heartbeat,
+            autoTickPeriod=0.01,
+            leaderFallbackTimeout=t.election_min,
+            appendEntriesUseBatch=False,
+            appendEntriesBatchSizeBytes=4 << 20,
+            logCompactionMinEntries=t.log_compaction_entries,
+            logCompactionMinTime=t.log_compaction_seconds,
+            connectionTimeout=max(3.5, t.election_max * 3),
+            connectionRetryTime=0.5,
+            commandsWaitLeader=False,
+            onStateChanged=self._on_state_changed,
+        )
+        self._obj = await asyncio.to_thread(_ReplicatedLog, self.self_addr, members, conf, self.fsm, transport_class)
+        self._queue = asyncio.Queue()
+        self._committer = self._loop.create_task(self._commit_loop(), name="vr-raft-commit")
+        log.info("raft_started", self_addr=self.self_addr, peers=len(members))
+
+    async def stop_consensus(self) -> None:
+        """Leave consensus (seal, shutdown); pending writes fail with ConsensusStopped."""
+        obj, self._obj = self._obj, None
+        if self._committer is not None:
+            self._committer.cancel()
+            try:
+                await self._committer
+            except asyncio.CancelledError:
+                pass
+            self._committer = None
+        if self._queue is not None:
+            while not self._queue.empty():
+                p = self._queue.get_nowait()
+                if not p.future.done():
+                    p.future.set_exception(ConsensusStopped("consensus stopped"))
+            self._queue = None
+        if obj is not None:
+            await asyncio.to_thread(obj.destroy_synchronous)
+            log.info("raft_stopped")
+
+    def _on_state_changed(self, old: int, new: int) -> None:
+        log.info("raft_state_changed", old=old, new=new)
+
+    # ---- roles -----------------------------------------------------------------------------
+
+    def is_leader(self) -> bool:
+        """pysyncobj believes this node leads (may be stale: see :meth:`has_lease`)."""
+        obj = self._obj
+        return obj is not None and bool(obj._isLeader())
+
+    def has_lease(self) -> bool:
+        """Leader AND a quorum acknowledged it within the lease AND its no-op is applied.
+
+        A node must not act as active on leadership alone (pysyncobj has no pre-vote and
+        can briefly have two leaders): this is the check before serving as active.
+        """
+        obj = self._obj
+        if obj is None or not obj._isLeader():
+            return False
+        try:
+            noop = obj._SyncObj__noopIDx
+            if noop is None or obj.raftLastApplied < noop:
+                return False
+            others = list(obj._SyncObj__otherNodes)
+            if not others:
+                return True
+            last = obj._SyncObj__lastResponseTime
+            now = raft_clock()
+            fresh = sum(1 for n in others if now - last.get(n, 0.0) < self.tuning.lease)
+        except (RuntimeError, AttributeError):  # a dict changed size under us: not confirmed
+            return False
+        return 1 + fresh > (len(others) + 1) / 2
+
+    def leader_addr(self) -> str | None:
+        """The cluster address of the last known leader, or None."""
+        obj = self._obj
+        if obj is None:
+            return None
+        leader = obj._getLeader()
+        return None if leader is None else str(leader.address)
+
+    def status(self) -> RaftStatus:
+        """Membership and progress as this node sees them."""
+        obj = self._obj
+        st = RaftStatus(self.self_addr, self.leader_addr(), self.is_leader(), 0, 0, self.applied_index())
+        if obj is None:
+            st.peers = self.known_peers()
+            return st
+        try:
+            st.term = int(obj._getTerm())
+            st.commit_index = int(obj.raftCommitIndex)
+            others = list(obj._SyncObj__otherNodes)
+            st.peers = [str(n.address) for n in others]
+            now = raft_clock()
+            if obj._isLeader():
+                st.last_contact = {str(n.address): now - t for n, t in obj._SyncObj__lastResponseTime.items()}
+                st.match_index = {str(n.address): int(i) for n, i in obj._SyncObj__raftMatchIndex.items()}
+            st.connected = {str(n.address) for n in obj._SyncObj__connectedNodes}
+        except (RuntimeError, AttributeError):
+            pass
+        return st
+
+    # ---- membership ------------------------------------------------------------------------
+
+    async def add_peer(self, addr: str) -> None:
+        """Add a voter (leader only); returns once the change is committed."""
+        await self._membership("add", addr)
+
+    async def remove_peer(self, addr: str) -> None:
+        """Remove a member (leader only); returns once the change is committed."""
+        await self._membership("remove", addr)
+
+    async def _membership(self, op: str, addr: str) -> None:
+        obj = self._obj
+        if obj is None:
+            raise ConsensusStopped("consensus stopped")
+        if not obj._isLeader():
+            raise NotLeaderError(self.leader_addr())
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[int] = loop.create_future()
+
+        def done(result: Any, err: int) -> None:
+            loop.call_soon_threadsafe(_settle, fut, err)
+
+        if op == "add":
+            obj.addNodeToCluster(addr, callback=done)
+        else:
+            obj.removeNodeFromCluster(addr, callback=done)
+        try:
+            err = await asyncio.wait_for(fut, self.tuning.commit_timeout)
+        except TimeoutError:
+            raise CommitTimeout(f"membership change {op} {addr} not committed in time") from None
+        if err != FAIL_REASON.SUCCESS:
+            raise RaftError(f"membership change {op} {addr} failed (reason {err})")
+        peers = set(self.status().peers)
+        peers = peers | {addr} if op == "add" else peers - {addr}
+        self.record_peers(sorted(peers))
+
+    # ---- Physical --------------------------------------------------------------------------
+
+    async def get(self, key: str) -> bytes | None:
+        return await asyncio.get_running_loop().run_in_executor(self._reads, self.store.get, key)
+
+    async def list(self, prefix: str) -> list[str]:
+        return await asyncio.get_running_loop().run_in_executor(self._reads, self.store.list, prefix)
+
+    def applied_index(self) -> int:
+        return self.store.applied_index()
+
+    def commit_index(self) -> int:
+        """The Raft commit index as this node knows it (0 while not in consensus)."""
+        obj = self._obj
+        return 0 if obj is None else int(obj.raftCommitIndex)
+
+    async def wait_applied(self, index: int, timeout: float) -> bool:
+        """Wait until the local store has applied ``index``; False on timeout."""
+        deadline = time.monotonic() + timeout
+        delay = 0.002
+        while self.store.applied_index() < index:
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.05)
+        return True
+
+    async def apply(self, batch: Batch) -> ApplyResult:
+        """Commit ``batch`` through the log (leader only) and return once applied locally."""
+        if self._queue is None or self._obj is None:
+            raise ConsensusStopped("this node is not part of the raft cluster (sealed?)")
+        if not self._obj._isLeader():
+            raise NotLeaderError(self.leader_addr())
+        fut: asyncio.Future[ApplyResult] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Pending(batch, fut, sum(len(o.key) + len(o.value or b"") for o in batch.ops)))
+        return await fut
+
+    async def noop(self) -> ApplyResult | None:
+        """Commit an empty entry (proves a quorum; used by a new active node)."""
+        cmd = Command(CommandKind.NOOP, nonce=os.urandom(8)).encode()
+        results = await self._submit(cmd, time.monotonic() + self.tuning.commit_timeout)
+        return results[0] if results else None
+
+    async def close(self) -> None:
+        await self.stop_consensus()
+        self._reads.shutdown(wait=True)
+        self.store.close()
+
+    # ---- group commit ----------------------------------------------------------------------
+
+    async def _commit_loop(self) -> None:
+        assert self._queue is not None
+        queue = self._queue
+        inflight = asyncio.Semaphore(MAX_INFLIGHT)
+        async with asyncio.TaskGroup() as tg:
+            while True:
+                first = await queue.get()
+                group = [first]
+                size = first.size
+                while not queue.empty() and len(group) < MAX_GROUP_BATCHES and size < MAX_GROUP_BYTES:
+                    p = queue.get_nowait()
+                    group.append(p)
+                    size += p.size
+                await inflight.acquire()
+                tg.create_task(self._commit_group(group, inflight))
+
+    async def _commit_group(self, group: list[_Pending], inflight: asyncio.Semaphore) -> None:
+        try:
+            cmd = Command(CommandKind.BATCHES, tuple(p.batch for p in group)).encode()
+            results = await self._submit(cmd, time.monotonic() + self.tuning.commit_timeout)
+            for p, r in zip(group, results):
+                if not p.future.done():
+                    p.future.set_result(r)
+        except Exception as e:
+            for p in group:
+                if not p.future.done():
+                    p.future.set_exception(e)
+        finally:
+            inflight.release()
+
+    async def _submit(self, cmd: bytes, deadline: float) -> list[ApplyResult]:
+        loop = asyncio.get_running_loop()
+        attempt = 0
+        while True:
+            obj = self._obj
+            if obj is None:
+                raise ConsensusStopped("consensus stopped")
+            if not obj._isLeader():
+                raise NotLeaderError(self.leader_addr())
+            fut: asyncio.Future[tuple[Any, int]] = loop.create_future()
+
+            def done(result: Any, err: int, fut: asyncio.Future[tuple[Any, int]] = fut) -> None:
+                loop.call_soon_threadsafe(_settle_pair, fut, result, err)
+
+            obj.apply_command(cmd, callback=done)
+            remaining = deadline - time.monotonic()
+            try:
+                result, err = await asyncio.wait_for(fut, min(ATTEMPT_TIMEOUT, max(remaining, 0.01)))
+            except TimeoutError:
+                err, result = -1, None
+            if err == FAIL_REASON.SUCCESS:
+                return [ApplyResult(int(i), e) for i, e in (result or [])]
+            attempt += 1
+            if err not in _RETRYABLE and err != -1:
+                raise RaftError(f"raft rejected the write (reason {err})")
+            if time.monotonic() >= deadline:
+                raise CommitTimeout("write not committed before the deadline")
+            log.warning("raft_submit_retry", attempt=attempt, reason=err)
+            await asyncio.sleep(min(0.05 * attempt, 0.5))
+
+
+def _settle(fut: asyncio.Future[int], err: int) -> None:
+    if not fut.done():
+        fut.set_result(err)
+
+
+def _settle_pair(fut: asyncio.Future[tuple[Any, int]], result: Any, err: int) -> None:
+    if not fut.done():
+        fut.set_result((result, err))
+
+
+ObserverFactory = Callable[[], ApplyObserver]

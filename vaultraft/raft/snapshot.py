@@ -1,0 +1,131 @@
+"""pysyncobj snapshots ("full dumps") without pickle: a msgpack header plus an LMDB copy.
+
+File format::
+
+    b"VRSNAP01" | u32 header length | msgpack header | LMDB data file (compacted copy)
+
+The header records the two log entries pysyncobj keeps at the snapshot point, the cluster
+membership (addresses) and the applied index. Writing fsyncs the file before pysyncobj
+renames it into place; reading installs the LMDB copy only when it is newer than what
+the store already holds (a restart keeps the live store; a follower that receives a
+snapshot from the leader replaces its store).
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import tempfile
+from typing import Any, Callable, Iterable
+
+import msgpack
+import structlog
+
+from vaultraft.storage.lmdb_store import LMDBStore
+
+log = structlog.get_logger("vaultraft.raft")
+
+MAGIC = b"VRSNAP01"
+SNAPSHOT_VERSION = 1
+_CHUNK = 1 << 20
+
+Entry = tuple[bytes, int, int]
+
+
+class SnapshotError(ValueError):
+    """A file that is not a vaultraft snapshot of a known version."""
+
+
+def _entry(e: Any) -> list[Any]:
+    return [bytes(e[0]), int(e[1]), int(e[2])]
+
+
+def write_snapshot(path: str, store: LMDBStore, header: dict[str, Any]) -> None:
+    """Write ``header`` and a compacted copy of ``store`` to ``path``, fsynced."""
+    head: bytes = msgpack.packb({**header, "v": SNAPSHOT_VERSION, "applied_index": store.applied_index()},
+                                use_bin_type=True)
+    tmpdir = tempfile.mkdtemp(prefix=".snap-", dir=os.path.dirname(os.path.abspath(path)) or ".")
+    try:
+        store.snapshot_to(tmpdir)
+        data = os.path.join(tmpdir, "data.mdb")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as out, open(data, "rb") as src:
+            out.write(MAGIC + struct.pack(">I", len(head)) + head)
+            while chunk := src.read(_CHUNK):
+                out.write(chunk)
+            out.flush()
+            os.fsync(out.fileno())
+    finally:
+        for name in os.listdir(tmpdir):
+            os.unlink(os.path.join(tmpdir, name))
+        os.rmdir(tmpdir)
+
+
+def read_header(path: str) -> tuple[dict[str, Any], int]:
+    """The header of a snapshot file and the offset where its LMDB copy starts."""
+    with open(path, "rb") as f:
+        magic = f.read(len(MAGIC))
+        if magic != MAGIC:
+            raise SnapshotError("not a vaultraft snapshot")
+        raw_len = f.read(4)
+        if len(raw_len) != 4:
+            raise SnapshotError("truncated snapshot header")
+        (n,) = struct.unpack(">I", raw_len)
+        if n > 16 << 20:
+            raise SnapshotError("snapshot header too large")
+        raw = f.read(n)
+    try:
+        header = msgpack.unpackb(raw, raw=False)
+    except Exception:
+        raise SnapshotError("undecodable snapshot header") from None
+    if not isinstance(header, dict) or header.get("v") != SNAPSHOT_VERSION:
+        raise SnapshotError("unknown snapshot version")
+    return header, len(MAGIC) + 4 + n
+
+
+def install_snapshot(path: str, store: LMDBStore, *, force: bool = False) -> bool:
+    """Replace ``store`` by the snapshot's LMDB copy when the snapshot is newer (or
+    ``force``); True when it was installed."""
+    header, offset = read_header(path)
+    if not force and int(header.get("applied_index", 0)) <= store.applied_index():
+        return False
+    fd, tmp = tempfile.mkstemp(prefix=".install-", dir=os.path.dirname(os.path.abspath(store.path)))
+    try:
+        with os.fdopen(fd, "wb") as out, open(path, "rb") as src:
+            src.seek(offset)
+            while chunk := src.read(_CHUNK):
+                out.write(chunk)
+            out.flush()
+            os.fsync(out.fileno())
+        store.replace_with(tmp)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    log.info("raft_snapshot_installed", applied_index=store.applied_index())
+    return True
+
+
+def pysyncobj_hooks(store: LMDBStore, make_node: Callable[[str], Any]) -> tuple[Callable[..., None], Callable[[str], Any]]:
+    """The ``serializer`` / ``deserializer`` pair for ``SyncObjConf``.
+
+    pysyncobj calls ``serializer(tmp_path, (last_entry, prev_entry, cluster_nodes))`` and
+    ``deserializer(path) -> (last_entry, prev_entry, cluster_nodes)``.
+    """
+
+    def serializer(tmp_path: str, data: tuple[Entry, Entry, Iterable[Any]]) -> None:
+        last, prev, cluster = data
+        write_snapshot(tmp_path, store, {
+            "last": _entry(last), "prev": _entry(prev),
+            "cluster": sorted(getattr(n, "address", str(n)) for n in cluster),
+        })
+        log.info("raft_snapshot_written", index=int(last[1]))
+
+    def deserializer(path: str) -> tuple[Entry, Entry, set[Any]]:
+        header, _ = read_header(path)
+        install_snapshot(path, store)
+        last = tuple(header["last"])
+        prev = tuple(header["prev"])
+        nodes = {make_node(a) for a in header.get("cluster", [])}
+        return (bytes(last[0]), int(last[1]), int(last[2])), (bytes(prev[0]), int(prev[1]), int(prev[2])), nodes
+
+    return serializer, deserializer

@@ -10,7 +10,9 @@ import resource
 import signal
 import ssl
 import sys
+import uuid
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import structlog
 from aiohttp import web
@@ -21,6 +23,9 @@ from vaultraft.core import Core, CoreSettings
 from vaultraft.core.mounts import new_entry
 from vaultraft.http import build_app
 from vaultraft.logging import configure_logging
+from vaultraft.raft.node import RaftPhysical
+from vaultraft.storage import Physical
+from vaultraft.storage.lmdb_store import LMDBStore
 from vaultraft.storage.local import LocalPhysical
 
 log = structlog.get_logger("vaultraft.server")
@@ -61,6 +66,8 @@ async def start_dev(core: Core, opts: DevOptions) -> tuple[str, str]:
     result = await core.initialize(1, 1, root_token_id=opts.root_token_id)
     key = base64.b64encode(result.keys[0]).decode()
     await core.unseal(key)
+    if not await core.wait_active(15.0):
+        raise RuntimeError("dev node did not become active")
     u = core.unsealed
     entry = new_entry("secret/", "kv", description="key/value secret storage", options={"version": "2"})
     core.mount_backend(entry)
@@ -92,11 +99,48 @@ def dev_banner(address: str, key: str, token: str) -> str:
     )
 
 
+def node_id_for(config: ServerConfig) -> str:
+    """The configured node_id, else one generated once and kept in ``<path>/node-id``."""
+    st = config.storage
+    if st.node_id:
+        return st.node_id
+    assert st.path
+    path = os.path.join(st.path, "node-id")
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except FileNotFoundError:
+        os.makedirs(st.path, mode=0o700, exist_ok=True)
+        node_id = str(uuid.uuid4())
+        with open(path, "w") as f:
+            f.write(node_id)
+        return node_id
+
+
+def cluster_self_addr(config: ServerConfig, listener: ListenerConfig) -> str:
+    """host:port peers use to reach this node's Raft port (from cluster_addr if set)."""
+    if config.cluster_addr:
+        return urlsplit(config.cluster_addr).netloc or config.cluster_addr
+    return listener.cluster_address
+
+
+async def open_physical(config: ServerConfig) -> Physical:
+    """LMDB under Raft for ``storage "raft"``; memory for ``storage "inmem"``."""
+    st = config.storage
+    if st.type == "raft":
+        assert st.path
+        os.makedirs(st.path, mode=0o700, exist_ok=True)
+        store = await asyncio.to_thread(LMDBStore, os.path.join(st.path, "vault.db"))
+        return RaftPhysical(store, data_dir=st.path, node_id=node_id_for(config),
+                            self_addr=cluster_self_addr(config, config.listeners[0]))
+    return await LocalPhysical.open(st.type, st.path)
+
+
 async def serve(config: ServerConfig, dev: DevOptions | None) -> int:
     """Run the node until SIGINT/SIGTERM; returns the exit status."""
     harden_process()
     st = config.storage
-    physical = await LocalPhysical.open(st.type, st.path)
+    physical = await open_physical(config)
     listener = config.listeners[0]
     api_addr = config.api_addr or f"{listener.scheme}://{listener.address}"
     core = Core(physical, CoreSettings(

@@ -17,6 +17,7 @@ from vaultraft import VAULT_COMPAT_VERSION
 from vaultraft.audit import AuditBroker
 from vaultraft.barrier import Barrier
 from vaultraft.core.audit_table import AuditTable
+from vaultraft.core.cluster import LEADER_KEY, ROLE_POLL, ClusterLink, LeaderInfo
 from vaultraft.core.mounts import MountEntry, MountTable, Route, Router, new_entry
 from vaultraft.core.policy_store import PolicyStore
 from vaultraft.core.seal_manager import SealManager, check_shares
@@ -25,7 +26,7 @@ from vaultraft.core.views import BarrierView
 from vaultraft.engines import BUILTIN_ENGINES
 from vaultraft.engines.cubbyhole import destroy_cubbyhole
 from vaultraft.framework import Backend
-from vaultraft.logical import InvalidRequest, NotInitialized, Request, Response, Sealed, StorageEntry
+from vaultraft.logical import InvalidRequest, NotInitialized, NotLeader, Request, Response, Sealed, StorageEntry
 from vaultraft.storage import Physical
 
 log = structlog.get_logger("vaultraft.core")
@@ -65,6 +66,7 @@ class _Unsealed:
     tokens: TokenStore
     audit_table: AuditTable
     tidy_task: asyncio.Task[None] | None = None
+    role_task: asyncio.Task[None] | None = None
     sys_view: BarrierView | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -79,6 +81,8 @@ class Core:
         self.router = Router()
         self.audit = AuditBroker()
         self.seals = SealManager(self.barrier)
+        self.cluster = ClusterLink(physical)
+        self._active = False
         self._lock = asyncio.Lock()
         self._u: _Unsealed | None = None
 
@@ -133,20 +137,24 @@ class Core:
             if await self.initialized():
                 raise InvalidRequest("Vault is already initialized")
             check_shares(secret_shares, secret_threshold)
+            cluster_id = str(uuid.uuid4())
+            await self.cluster.start_for_init(cluster_id)
             root_key = os.urandom(32)
             await self.barrier.initialize(root_key)
             shares, cfg = await self.seals.wrap_new_root_key(root_key, secret_shares, secret_threshold)
             await self.barrier.unseal(root_key)
             try:
                 sys_view = BarrierView(self.barrier, "core/", local=False)
-                cluster = {"id": str(uuid.uuid4()), "name": self.settings.cluster_name or f"vault-cluster-{secrets.token_hex(4)}"}
+                cluster = {"id": cluster_id, "name": self.settings.cluster_name or f"vault-cluster-{secrets.token_hex(4)}"}
                 await sys_view.put(StorageEntry("cluster", json.dumps(cluster).encode()))
+                await self.cluster.store_tls(sys_view)
                 await self._setup(first_time=True)
                 root = await self.unsealed.tokens.create_root_token(root_token_id)
                 await self.seals.store_config(cfg)
             finally:
                 await self._teardown()
                 self.barrier.seal()
+                await self.cluster.stop()
             log.info("core_initialized", shares=secret_shares, threshold=secret_threshold)
             return InitResult(keys=shares, root_token=root.id)
 
@@ -176,10 +184,12 @@ class Core:
     async def _unseal_with(self, root_key: bytes) -> None:
         await self.barrier.unseal(root_key)
         try:
+            await self.cluster.start_after_unseal(BarrierView(self.barrier, "core/", local=False))
             await self._setup(first_time=False)
         except BaseException:
             await self._teardown()
             self.barrier.seal()
+            await self.cluster.stop()
             raise
         log.info("core_unsealed")
 
@@ -188,6 +198,7 @@ class Core:
         async with self._lock:
             await self._teardown()
             self.barrier.seal()
+            await self.cluster.stop()
             self.seals.reset_progress()
             log.info("core_sealed")
 
@@ -199,62 +210,146 @@ class Core:
 
         if self._u is None:
             raise Sealed()
+        if not self.active:
+            info = await self.leader_info()
+            raise NotLeader(info.api_addr if info else None)
         return await handle_request(self, req)
 
     def ha_role(self) -> str:
-        """This node's role: "active" (single node), later "standby" / "perf_standby"."""
-        return "active"
+        """"active" when this node serves writes, else "standby" (sealed: "sealed")."""
+        if self._u is None:
+            return "sealed"
+        return "active" if self._active and self.cluster.is_active() else "standby"
+
+    @property
+    def active(self) -> bool:
+        """Whether this node is unsealed and acting as the active node."""
+        return self._u is not None and self._active and self.cluster.is_active()
 
     # ---- wiring while unsealed -----------------------------------------------------------
 
     async def _setup(self, *, first_time: bool) -> None:
-        from vaultraft.core.sys import build_sys_backend
-
         core_view = BarrierView(self.barrier, "core/", local=False)
         core_local = BarrierView(self.barrier, "core/", local=True)
         cluster_raw = await core_view.get("cluster")
         cluster = json.loads(cluster_raw.value) if cluster_raw else {"id": "", "name": ""}
-        mounts = MountTable("mounts", core_view, core_local)
-        auth = MountTable("auth", core_view, core_local)
-        policies = PolicyStore(BarrierView(self.barrier, "sys/policy/", local=False))
-        tokens = TokenStore(
-            BarrierView(self.barrier, "sys/token/", local=True),
-            now=time.time,
-            default_ttl=self.settings.default_lease_ttl,
-            max_ttl=self.settings.max_lease_ttl,
-            on_revoke=self._on_token_revoked,
-        )
         audit_table = AuditTable(core_view, core_local, self.audit)
         self._u = _Unsealed(
-            cluster_id=cluster["id"], cluster_name=cluster["name"], mounts=mounts, auth=auth,
-            policies=policies, tokens=tokens, audit_table=audit_table, sys_view=core_view,
+            cluster_id=cluster["id"], cluster_name=cluster["name"],
+            mounts=MountTable("mounts", core_view, core_local),
+            auth=MountTable("auth", core_view, core_local),
+            policies=PolicyStore(BarrierView(self.barrier, "sys/policy/", local=False)),
+            tokens=TokenStore(
+                BarrierView(self.barrier, "sys/token/", local=True),
+                now=time.time,
+                default_ttl=self.settings.default_lease_ttl,
+                max_ttl=self.settings.max_lease_ttl,
+                on_revoke=self._on_token_revoked,
+            ),
+            audit_table=audit_table, sys_view=core_view,
         )
-        if not await mounts.load():
-            mounts.update(new_entry("cubbyhole/", "cubbyhole", local=True, description="per-token private secret storage"))
-            mounts.update(new_entry("sys/", "system", description="system endpoints used for control, policy and debugging"))
-            await mounts.save()
-        if not await auth.load():
-            auth.update(new_entry("token/", "token", prefix_for_accessor="auth_token", description="token based credentials"))
-            await auth.save()
-        await policies.setup()
-        await audit_table.load()
-        self.router.mount(Route("sys/", mounts.entries["sys/"], build_sys_backend(self), None))
-        for entry in mounts.entries.values():
+        if first_time:
+            await self._load_tables(create=True)
+            return
+        # Settle the first role before answering the unseal: a lone node becomes active
+        # at once; a cluster member waits briefly for a leader and may stay standby.
+        active = await self.cluster.wait_lease(self.cluster.first_role_wait())
+        if active:
+            await self._become_active()
+        self._u.role_task = asyncio.get_running_loop().create_task(self._role_loop(active), name="ha_role")
+
+    async def _load_tables(self, *, create: bool) -> None:
+        """(Re)read the mount, auth and audit tables and rebuild the router from them.
+
+        Only the active node (or init) may ``create`` missing tables.
+        """
+        from vaultraft.core.sys import build_sys_backend
+
+        u = self.unsealed
+        self.router.clear()
+        self.audit.close()
+        u.policies.invalidate()
+        if not await u.mounts.load() and create:
+            u.mounts.update(new_entry("cubbyhole/", "cubbyhole", local=True, description="per-token private secret storage"))
+            u.mounts.update(new_entry("sys/", "system", description="system endpoints used for control, policy and debugging"))
+            await u.mounts.save()
+        if not await u.auth.load() and create:
+            u.auth.update(new_entry("token/", "token", prefix_for_accessor="auth_token", description="token based credentials"))
+            await u.auth.save()
+        if create:
+            await u.policies.setup()
+        await u.audit_table.load()
+        self.router.mount(Route("sys/", u.mounts.entries["sys/"], build_sys_backend(self), None))
+        for entry in u.mounts.entries.values():
             if entry.type != "system":
                 self.mount_backend(entry)
-        self.router.mount(Route("auth/token/", auth.entries["token/"], tokens.backend(), None))
-        self._u.tidy_task = asyncio.get_running_loop().create_task(self._tidy_loop(), name="token_tidy")
+        self.router.mount(Route("auth/token/", u.auth.entries["token/"], u.tokens.backend(), None))
+
+    async def _role_loop(self, active: bool) -> None:
+        """Follow the log: become active when this node holds the leader lease, standby
+        when it loses it. Runs from unseal to seal."""
+        while True:
+            now_active = self.cluster.is_active()
+            if now_active and not active:
+                try:
+                    await self._become_active()
+                    active = True
+                except Exception as e:  # e.g. lost the lease mid-way: try again next round
+                    log.warning("become_active_failed", error=type(e).__name__)
+                    await self._become_standby()
+            elif active and not now_active:
+                active = False
+                await self._become_standby()
+            await asyncio.sleep(ROLE_POLL)
+
+    async def wait_active(self, timeout: float) -> bool:
+        """Wait until this node is the active node; False on timeout."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout
+        while not self.active:
+            if loop.time() >= end:
+                return False
+            await asyncio.sleep(ROLE_POLL)
+        return True
+
+    async def _become_active(self) -> None:
+        u = self.unsealed
+        if self.cluster.enabled:
+            await self.barrier.reload_keyring()
+        await self._load_tables(create=True)
+        if self.cluster.enabled and u.sys_view is not None and self.cluster.raft is not None:
+            info = LeaderInfo(self.settings.api_addr, self.settings.cluster_addr, self.cluster.raft.node_id)
+            await u.sys_view.put(StorageEntry(LEADER_KEY, info.encode()))
+        u.tidy_task = asyncio.get_running_loop().create_task(self._tidy_loop(), name="token_tidy")
+        self._active = True
+        log.info("became_active")
+
+    async def _become_standby(self) -> None:
+        was_active, self._active = self._active, False
+        u = self._u
+        if u is not None and u.tidy_task is not None:
+            await _cancel(u.tidy_task)
+            u.tidy_task = None
+        if was_active:
+            log.info("became_standby")
+
+    async def leader_info(self) -> LeaderInfo | None:
+        """The active node as advertised in storage (read locally), or None."""
+        u = self._u
+        if u is None or u.sys_view is None:
+            return None
+        raw = await u.sys_view.get(LEADER_KEY)
+        return None if raw is None else LeaderInfo.decode(raw.value)
 
     async def _teardown(self) -> None:
         u, self._u = self._u, None
+        self._active = False
         self.router.clear()
         self.audit.close()
-        if u is not None and u.tidy_task is not None:
-            u.tidy_task.cancel()
-            try:
-                await u.tidy_task
-            except asyncio.CancelledError:
-                pass
+        if u is not None:
+            for task in (u.role_task, u.tidy_task):
+                if task is not None:
+                    await _cancel(task)
 
     def engine_view(self, entry: MountEntry) -> BarrierView:
         """The barrier view a secret-engine mount sees."""
@@ -288,3 +383,12 @@ class Core:
                     log.info("expired_tokens_revoked", count=n)
             except Exception as e:  # a failed tidy must not kill the node
                 log.warning("token_tidy_failed", error=type(e).__name__)
+
+
+async def _cancel(task: "asyncio.Task[None]") -> None:
+    """Cancel ``task`` and wait for it to finish."""
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        pass

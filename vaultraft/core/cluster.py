@@ -1,0 +1,144 @@
+"""Core's link to Raft: consensus lifecycle, cluster TLS behind the barrier, HA roles.
+
+Consensus runs only while a node is unsealed, because the cluster CA that lets a node
+talk to its peers lives behind the barrier (as Vault's raft TLS keyring does). Roles
+follow the log: the Raft leader that holds a quorum lease is the active node; every
+other unsealed member is a standby. A single-node store (``inmem``) is always active.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import structlog
+
+from vaultraft.logical import StorageEntry, StorageView
+from vaultraft.raft.node import RaftPhysical
+from vaultraft.raft.tls import ClusterCA, NodeCert
+from vaultraft.raft.transport import make_transport_class
+from vaultraft.storage import Physical
+
+log = structlog.get_logger("vaultraft.core")
+
+TLS_KEY = "raft/tls"  # under core/: the cluster CA (replicated, barrier-encrypted)
+LEADER_KEY = "leader"  # under core/: where the active node advertises itself
+LEASE_WAIT = 15.0
+ROLE_POLL = 0.05
+
+
+@dataclass(frozen=True)
+class LeaderInfo:
+    """What the active node advertises in storage for standbys to forward to."""
+
+    api_addr: str
+    cluster_addr: str
+    node_id: str
+
+    def encode(self) -> bytes:
+        return json.dumps(self.__dict__).encode()
+
+    @staticmethod
+    def decode(raw: bytes) -> "LeaderInfo":
+        d = json.loads(raw)
+        return LeaderInfo(str(d["api_addr"]), str(d["cluster_addr"]), str(d["node_id"]))
+
+
+class ClusterLink:
+    """Drives a RaftPhysical for core; a no-op for single-node storage."""
+
+    def __init__(self, physical: Physical) -> None:
+        self.raft: RaftPhysical | None = physical if isinstance(physical, RaftPhysical) else None
+        self._ca: ClusterCA | None = None
+
+    @property
+    def enabled(self) -> bool:
+        """True for Raft storage."""
+        return self.raft is not None
+
+    def _transport(self, ca: ClusterCA) -> type:
+        assert self.raft is not None
+        host = self.raft.self_addr.rsplit(":", 1)[0].strip("[]")
+        cert: NodeCert = ca.issue(self.raft.node_id, ips=[host] if _is_ip(host) else [])
+        return make_transport_class(cert)
+
+    async def start_for_init(self, cluster_id: str) -> None:
+        """Before init: a fresh cluster CA and a single-node group that elects itself."""
+        if self.raft is None:
+            return
+        self._ca = ClusterCA.create(cluster_id)
+        await self.raft.start_consensus(self._transport(self._ca), peers=[])
+        await self.wait_lease()
+
+    async def store_tls(self, core_view: StorageView) -> None:
+        """After init (barrier unsealed): persist the cluster CA behind the barrier."""
+        if self.raft is None or self._ca is None:
+            return
+        await core_view.put(StorageEntry(TLS_KEY, _ca_to_bytes(self._ca)))
+
+    async def start_after_unseal(self, core_view: StorageView) -> None:
+        """After unseal: read the cluster CA from the barrier and join consensus."""
+        if self.raft is None or self.raft.running:
+            return
+        raw = await core_view.get(TLS_KEY)
+        if raw is None:
+            raise RuntimeError("cluster TLS material is missing from storage")
+        self._ca = _ca_from_bytes(raw.value)
+        await self.raft.start_consensus(self._transport(self._ca))
+
+    async def stop(self) -> None:
+        """On seal or shutdown: leave consensus."""
+        if self.raft is not None:
+            await self.raft.stop_consensus()
+
+    async def wait_lease(self, timeout: float = LEASE_WAIT) -> bool:
+        """Wait until this node holds a leader lease; False on timeout."""
+        if self.raft is None:
+            return True
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout
+        while loop.time() < end:
+            if self.raft.has_lease():
+                return True
+            await asyncio.sleep(ROLE_POLL)
+        return False
+
+    def first_role_wait(self) -> float:
+        """How long an unsealing node waits for a leader lease before settling as standby."""
+        if self.raft is None:
+            return 0.0
+        if not self.raft.known_peers():
+            return LEASE_WAIT
+        return self.raft.tuning.election_max * 3
+
+    def is_active(self) -> bool:
+        """Whether this node may act as the active node right now."""
+        return self.raft is None or self.raft.has_lease()
+
+    def ca(self) -> ClusterCA | None:
+        """The cluster CA while unsealed (for issuing a joining node's certificate)."""
+        return self._ca
+
+
+def _ca_to_bytes(ca: ClusterCA) -> bytes:
+    return json.dumps({"cluster_id": ca.cluster_id, "cert": ca.cert_pem.decode(), "key": ca.key_pem.decode()}).encode()
+
+
+def _ca_from_bytes(raw: bytes) -> ClusterCA:
+    d = json.loads(raw)
+    return ClusterCA.from_pem(d["cluster_id"], d["cert"].encode(), d["key"].encode())
+
+
+def _is_ip(host: str) -> bool:
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return False
+
+
+RoleCallback = Callable[[bool], Any]

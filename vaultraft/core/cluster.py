@@ -117,8 +117,15 @@ class ClusterLink:
         """Whether this node may act as the active node right now."""
         return self.raft is None or self.raft.has_lease()
 
-    def ca(self) -> ClusterCA | None:
-        """The cluster CA while unsealed (for issuing a joining node's certificate)."""
+    async def load_ca(self, core_view: StorageView | None) -> ClusterCA:
+        """The cluster CA (read from the barrier once), for certifying joining nodes."""
+        if self._ca is None:
+            if core_view is None:
+                raise RuntimeError("sealed")
+            raw = await core_view.get(TLS_KEY)
+            if raw is None:
+                raise RuntimeError("cluster TLS material is missing from storage")
+            self._ca = _ca_from_bytes(raw.value)
         return self._ca
 
 

@@ -17,7 +17,9 @@ from vaultraft import VAULT_COMPAT_VERSION
 from vaultraft.audit import AuditBroker
 from vaultraft.barrier import Barrier
 from vaultraft.core.audit_table import AuditTable
+from vaultraft.core import raft_ops
 from vaultraft.core.cluster import LEADER_KEY, ROLE_POLL, ClusterLink, LeaderInfo
+from vaultraft.core.raft_join import ChallengeIssuer, Joiner
 from vaultraft.core.mounts import MountEntry, MountTable, Route, Router, new_entry
 from vaultraft.core.policy_store import PolicyStore
 from vaultraft.core.seal_manager import SealManager, check_shares
@@ -82,6 +84,9 @@ class Core:
         self.audit = AuditBroker()
         self.seals = SealManager(self.barrier)
         self.cluster = ClusterLink(physical)
+        self.joiner = Joiner()
+        self.challenges = ChallengeIssuer()
+        self.retry_join_addrs: list[str] = []
         self._active = False
         self._lock = asyncio.Lock()
         self._u: _Unsealed | None = None
@@ -101,12 +106,15 @@ class Core:
         return self._u
 
     async def initialized(self) -> bool:
-        """Whether ``sys/init`` has run against this storage."""
-        return await self.seals.config() is not None
+        """Whether ``sys/init`` has run against this storage (or a join awaits unseal)."""
+        return await self.seals.config() is not None or self.joiner.pending is not None
 
     async def seal_status(self) -> dict[str, Any]:
         """Vault's ``sys/seal-status`` body."""
-        fields = await self.seals.status_fields(self.sealed)
+        if self.joiner.pending is not None and self.sealed:
+            fields = self.joiner.status_fields()
+        else:
+            fields = await self.seals.status_fields(self.sealed)
         body: dict[str, Any] = {
             "type": fields["type"],
             "initialized": fields["initialized"],
@@ -171,11 +179,19 @@ class Core:
                 raise NotInitialized()
             if reset:
                 self.seals.reset_progress()
+                self.joiner.reset_progress()
                 return
             if not self.sealed:
                 return
             if not key:
                 raise InvalidRequest("missing required 'key' parameter")
+            if self.joiner.pending is not None:
+                root_key = await self.joiner.submit_share(key)
+                if root_key is None:
+                    return
+                await raft_ops.complete_join(self, root_key)
+                await self._unseal_with(root_key)
+                return
             root_key = await self.seals.submit_share(key)
             if root_key is None:
                 return
@@ -317,9 +333,11 @@ class Core:
         if self.cluster.enabled:
             await self.barrier.reload_keyring()
         await self._load_tables(create=True)
-        if self.cluster.enabled and u.sys_view is not None and self.cluster.raft is not None:
-            info = LeaderInfo(self.settings.api_addr, self.settings.cluster_addr, self.cluster.raft.node_id)
+        raft = self.cluster.raft
+        if raft is not None and u.sys_view is not None:
+            info = LeaderInfo(self.settings.api_addr, self.settings.cluster_addr, raft.node_id)
             await u.sys_view.put(StorageEntry(LEADER_KEY, info.encode()))
+            await raft_ops.register_node(self, raft.node_id, raft.self_addr, self.settings.api_addr)
         u.tidy_task = asyncio.get_running_loop().create_task(self._tidy_loop(), name="token_tidy")
         self._active = True
         log.info("became_active")

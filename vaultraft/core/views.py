@@ -10,28 +10,34 @@ from __future__ import annotations
 from typing import Sequence
 
 from vaultraft.barrier import Barrier, BarrierSealed
+from vaultraft.barrier.aes_gcm import SealWrapper
 from vaultraft.logical import InternalError, Sealed, StorageEntry, WriteOp
 
 
 class BarrierView:
     """A :class:`vaultraft.logical.StorageView` of ``barrier`` under ``prefix``."""
 
-    def __init__(self, barrier: Barrier, prefix: str, *, local: bool) -> None:
+    def __init__(self, barrier: Barrier, prefix: str, *, local: bool, wrapper: SealWrapper | None = None) -> None:
+        """``wrapper`` (the seal manager) seal-wraps every value written through this view
+        (a mount with ``seal_wrap=true``); reads unwrap wrapped values and pass others through."""
         if prefix and not prefix.endswith("/"):
             raise ValueError("a view prefix ends in '/'")
         self.barrier = barrier
         self.prefix = prefix
         self.local = local
+        self.wrapper = wrapper
 
     def sub(self, prefix: str) -> "BarrierView":
-        """A narrower view with the same replication class."""
-        return BarrierView(self.barrier, self.prefix + prefix, local=self.local)
+        """A narrower view with the same replication class (and seal wrapping)."""
+        return BarrierView(self.barrier, self.prefix + prefix, local=self.local, wrapper=self.wrapper)
 
     async def get(self, key: str) -> StorageEntry | None:
         try:
             value = await self.barrier.get(self.prefix + key)
         except BarrierSealed:
             raise Sealed() from None
+        if value is not None and self.wrapper is not None:
+            value = await self.wrapper.seal_unwrap(self.prefix + key, value)
         return None if value is None else StorageEntry(key, value)
 
     async def put(self, entry: StorageEntry) -> None:
@@ -49,9 +55,18 @@ class BarrierView:
     async def write_batch(self, ops: Sequence[WriteOp]) -> None:
         if not ops:
             return
+        if self.wrapper is not None:
+            ops = [o if o.value is None else WriteOp(o.key, await self.wrapper.seal_wrap(self.prefix + o.key, o.value))
+                   for o in ops]
         try:
             result = await self.barrier.apply([(self.prefix + o.key, o.value, self.local) for o in ops])
         except BarrierSealed:
             raise Sealed() from None
+        except (NotLeaderError, ConsensusStopped):
+            raise NotLeader(None, "this node lost the active role during the request") from None
+        except CommitTimeout:
+            raise Unavailable("the write was not committed in time (no raft quorum?)") from None
+        except RaftError as e:
+            raise Unavailable(f"raft error: {e}") from None
         if result.error is not None:
             raise InternalError(f"storage rejected the write: {result.error}")

@@ -11,9 +11,10 @@ import structlog
 from aiohttp import http_parser, web, web_protocol
 
 from vaultraft.core import Core
-from vaultraft.http import sys_unauth
+from vaultraft.http import sys_raft, sys_unauth
 from vaultraft.http.errors import status_for
-from vaultraft.logical import InvalidRequest, Operation, Request, Response, VaultError
+from vaultraft.http.forward import Forwarder, no_leader_response, redirect
+from vaultraft.logical import InvalidRequest, NotLeader, Operation, Request, Response, VaultError
 
 log = structlog.get_logger("vaultraft.http")
 
@@ -106,6 +107,7 @@ class ApiHandler:
 
     def __init__(self, core: Core) -> None:
         self.core = core
+        self.forwarder = Forwarder()
 
     async def __call__(self, request: web.Request) -> web.StreamResponse:
         started = time.monotonic()
@@ -114,6 +116,10 @@ class ApiHandler:
         status = 500
         try:
             resp = await self._dispatch(request, path, request_id)
+            status = resp.status
+            return resp
+        except NotLeader as e:
+            resp = await self._to_active(request, e.leader_addr)
             status = resp.status
             return resp
         except VaultError as e:
@@ -130,6 +136,14 @@ class ApiHandler:
             log.info("http_request", request_id=request_id, method=request.method, path=path, status=status,
                      duration_ms=round((time.monotonic() - started) * 1000, 2), remote=request.remote)
 
+    async def _to_active(self, request: web.Request, leader_addr: str | None) -> web.Response:
+        """A standby's answer: forward to the active node, or redirect when asked to."""
+        if not leader_addr:
+            return no_leader_response()
+        if request.headers.get("X-Vault-No-Request-Forwarding"):
+            return redirect(leader_addr, request)
+        return await self.forwarder.forward(leader_addr, request)
+
     async def _dispatch(self, request: web.Request, path: str, request_id: str) -> web.Response:
         core = self.core
         method = request.method
@@ -142,7 +156,7 @@ class ApiHandler:
             if method == "HEAD":
                 return web.Response(status=code)
             return _json(code, health)
-        special = sys_unauth.HANDLERS.get(path)
+        special = sys_unauth.HANDLERS.get(path) or sys_raft.HANDLERS.get(path)
         if special is not None:
             code, out = await special(core, method, body)
             return _json(code, out)
@@ -186,4 +200,9 @@ def build_app(core: Core) -> web.Application:
     app = web.Application(client_max_size=MAX_REQUEST_SIZE)
     handler = ApiHandler(core)
     app.router.add_route("*", "/v1/{path:.*}", handler)
+
+    async def close_forwarder(_: web.Application) -> None:
+        await handler.forwarder.close()
+
+    app.on_cleanup.append(close_forwarder)
     return app

@@ -12,6 +12,7 @@ from vaultraft.logical import (
     PreconditionFailed,
     Sealed,
     UnsupportedOperation,
+    Unavailable,
     VaultError,
 )
 
@@ -25,6 +26,7 @@ _STATUS: list[tuple[type[VaultError], int]] = [
     (InternalError, 500),
     (Sealed, 503),
     (NotLeader, 503),
+    (Unavailable, 503),
 ]
 
 

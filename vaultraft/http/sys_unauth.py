@@ -79,7 +79,7 @@ async def leader(core: Core, method: str, body: dict[str, Any]) -> tuple[int, An
     """HA leader information."""
     if method not in ("GET", "HEAD"):
         raise UnsupportedOperation()
-    return 200, leader_status(core)
+    return 200, await leader_status(core)
 
 
 def _code(query: "web.BaseRequest", name: str, default: int) -> int:

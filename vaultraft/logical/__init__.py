@@ -15,6 +15,7 @@ from vaultraft.logical.errors import (
     Sealed,
     UnsupportedOperation,
     UnsupportedPath,
+    Unavailable,
     VaultError,
 )
 from vaultraft.logical.request import Auth, Operation, Request, Response, TokenInfo
@@ -40,6 +41,7 @@ __all__ = [
     "TokenInfo",
     "UnsupportedOperation",
     "UnsupportedPath",
+    "Unavailable",
     "VaultError",
     "WriteOp",
 ]

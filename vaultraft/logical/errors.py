@@ -77,6 +77,10 @@ class NotLeader(VaultError):
         self.leader_addr = leader_addr
 
 
+class Unavailable(VaultError):
+    """The node cannot serve this right now (no quorum, leadership changing): Vault's 503."""
+
+
 class PreconditionFailed(VaultError):
     """A consistency requirement (X-Vault-Index) could not be met in time (Vault: 412)."""
 

@@ -290,15 +290,29 @@ class RaftPhysical:
 
     # ---- membership ------------------------------------------------------------------------
 
-    async def add_peer(self, addr: str) -> None:
-        """Add a voter (leader only); returns once the change is committed."""
-        await self._membership("add", addr)
+    async def add_peer(self, addr: str, *, wait: bool = True) -> None:
+        """Add a voter (leader only); with ``wait``, return once the change is committed.
+
+        A joining node cannot acknowledge before it runs, and it runs only after it is
+        admitted, so admission does not wait (the change commits once it catches up).
+        """
+        await self._membership("add", addr, wait=wait)
+
+    async def transfer_leadership(self) -> None:
+        """Ask pysyncobj to hand leadership to another member (leader only)."""
+        obj = self._obj
+        if obj is None:
+            raise ConsensusStopped("consensus stopped")
+        if not obj._isLeader():
+            raise NotLeaderError(self.leader_addr())
+        if obj._SyncObj__otherNodes:
+            obj.transferLeadership()
 
     async def remove_peer(self, addr: str) -> None:
         """Remove a member (leader only); returns once the change is committed."""
         await self._membership("remove", addr)
 
-    async def _membership(self, op: str, addr: str) -> None:
+    async def _membership(self, op: str, addr: str, *, wait: bool = True) -> None:
         obj = self._obj
         if obj is None:
             raise ConsensusStopped("consensus stopped")
@@ -314,6 +328,10 @@ class RaftPhysical:
             obj.addNodeToCluster(addr, callback=done)
         else:
             obj.removeNodeFromCluster(addr, callback=done)
+        peers = set(self.status().peers)
+        if not wait:
+            self.record_peers(sorted(peers | {addr} if op == "add" else peers - {addr}))
+            return
         try:
             err = await asyncio.wait_for(fut, self.tuning.commit_timeout)
         except TimeoutError:
@@ -387,7 +405,13 @@ class RaftPhysical:
                     p = queue.get_nowait()
                     group.append(p)
                     size += p.size
-                await inflight.acquire()
+                try:
+                    await inflight.acquire()
+                except asyncio.CancelledError:  # stopped while this group waited for a slot
+                    for p in group:
+                        if not p.future.done():
+                            p.future.set_exception(ConsensusStopped("consensus stopped"))
+                    raise
                 tg.create_task(self._commit_group(group, inflight))
 
     async def _commit_group(self, group: list[_Pending], inflight: asyncio.Semaphore) -> None:
@@ -397,6 +421,11 @@ class RaftPhysical:
             for p, r in zip(group, results):
                 if not p.future.done():
                     p.future.set_result(r)
+        except asyncio.CancelledError:  # stop_consensus: no waiter may hang (outcome unknown)
+            for p in group:
+                if not p.future.done():
+                    p.future.set_exception(ConsensusStopped("consensus stopped before the write was acknowledged"))
+            raise
         except Exception as e:
             for p in group:
                 if not p.future.done():

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 def build_sys_backend(core: "Core") -> Backend:
     """The ``sys/`` backend bound to ``core``."""
-    from vaultraft.core.sys import audit, capabilities, misc, mounts, policy
+    from vaultraft.core.sys import audit, capabilities, misc, mounts, policy, raft
 
     paths = [
         *mounts.paths(core),
@@ -26,5 +26,6 @@ def build_sys_backend(core: "Core") -> Backend:
         *capabilities.paths(core),
         *audit.paths(core),
         *misc.paths(core),
+        *raft.paths(core),
     ]
     return Backend(paths, help="system endpoints used for control, policy and debugging", backend_type="system")

@@ -19,20 +19,30 @@ def rfc3339(ts: float) -> str:
     return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond:06d}000Z"
 
 
-def leader_status(core: "Core") -> dict[str, Any]:
+async def leader_status(core: "Core") -> dict[str, Any]:
     """Vault's ``sys/leader`` body for this node."""
-    idx = core.physical.applied_index()
-    return {
-        "ha_enabled": False,
-        "is_self": not core.sealed,
+    applied = core.physical.applied_index()
+    raft = core.cluster.raft
+    body: dict[str, Any] = {
+        "ha_enabled": raft is not None,
+        "is_self": core.active,
         "active_time": "0001-01-01T00:00:00Z",
-        "leader_address": core.settings.api_addr,
-        "leader_cluster_address": core.settings.cluster_addr,
-        "performance_standby": False,
+        "leader_address": core.settings.api_addr if core.active else "",
+        "leader_cluster_address": core.settings.cluster_addr if core.active else "",
+        "performance_standby": core.ha_role() == "perf_standby",
         "performance_standby_last_remote_wal": 0,
-        "raft_committed_index": idx,
-        "raft_applied_index": idx,
+        "raft_committed_index": raft.commit_index() if raft is not None else applied,
+        "raft_applied_index": applied,
     }
+    if raft is not None and not core.active and not core.sealed:
+        try:
+            info = await core.leader_info()
+        except Exception:  # sealed meanwhile
+            info = None
+        if info is not None:
+            body["leader_address"] = info.api_addr
+            body["leader_cluster_address"] = info.cluster_addr
+    return body
 
 
 def paths(core: "Core") -> list[Path]:
@@ -49,13 +59,23 @@ def paths(core: "Core") -> list[Path]:
         await core.seal()
 
     async def leader(req: Request, d: FieldData) -> Response:
-        return Response(raw_body=leader_status(core))
+        return Response(raw_body=await leader_status(core))
 
     async def ha_status(req: Request, d: FieldData) -> Response:
-        return Response(data={"nodes": [{
-            "hostname": "", "api_address": core.settings.api_addr, "cluster_address": core.settings.cluster_addr,
-            "active_node": True, "last_echo": None, "version": "", "upgrade_version": "", "redundancy_zone": "",
-        }]})
+        from vaultraft.core import raft_ops
+
+        raft = core.cluster.raft
+        if raft is None:
+            nodes = [{"hostname": "", "api_address": core.settings.api_addr, "cluster_address": core.settings.cluster_addr,
+                      "active_node": True, "last_echo": None, "version": "", "upgrade_version": "", "redundancy_zone": ""}]
+        else:
+            st = raft.status()
+            leader = st.leader_addr
+            nodes = [{"hostname": rec.get("node_id", ""), "api_address": rec.get("api_addr", ""),
+                      "cluster_address": rec.get("address", ""), "active_node": rec.get("address") == leader,
+                      "last_echo": None, "version": "", "upgrade_version": "", "redundancy_zone": ""}
+                     for rec in (await raft_ops.node_records(core)).values()]
+        return Response(data={"nodes": nodes})
 
     async def ui_mount(req: Request, d: FieldData) -> Response:
         path = d.get("path")

@@ -1,0 +1,1 @@
+"""Raft replication for vaultraft (pysyncobj underneath)."""

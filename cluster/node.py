@@ -49,6 +49,8 @@ class Node:
     cluster_port: int = field(default_factory=free_port)
     storage: str = "raft"
     extra_config: str = ""
+    #: Extra lines inserted inside the ``storage "raft" {}`` stanza (e.g. ``performance_standby = true``).
+    storage_extra: str = ""
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -71,7 +73,8 @@ class Node:
     def write_config(self) -> None:
         """Write an HCL config for this node (raft storage at data/ or inmem)."""
         self.workdir.mkdir(parents=True, exist_ok=True)
-        storage = (f'storage "raft" {{\n  path = "{self.data_dir}"\n  node_id = "node-{self.port}"\n}}\n'
+        extra = f"  {self.storage_extra.strip()}\n" if self.storage_extra.strip() else ""
+        storage = (f'storage "raft" {{\n  path = "{self.data_dir}"\n  node_id = "node-{self.port}"\n{extra}}}\n'
                    if self.storage == "raft" else 'storage "inmem" {}\n')
         self.config_path.write_text(
             f'listener "tcp" {{\n  address = "127.0.0.1:{self.port}"\n'

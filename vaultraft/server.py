@@ -19,9 +19,11 @@ from aiohttp import web
 
 from vaultraft.config import ConfigError, ServerConfig, dev_config, load_config
 from vaultraft.config.model import ListenerConfig
-from vaultraft.core import Core, CoreSettings
+from vaultraft.core import Core, CoreSettings, raft_ops
+from vaultraft.core.raft_join import retry_until
 from vaultraft.core.mounts import new_entry
 from vaultraft.http import build_app
+from vaultraft.logical import VaultError
 from vaultraft.logging import configure_logging
 from vaultraft.raft.node import RaftPhysical
 from vaultraft.storage import Physical
@@ -44,13 +46,51 @@ def tls_context(listener: ListenerConfig) -> ssl.SSLContext | None:
     if listener.tls_disable:
         return None
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_3 if listener.tls_min_version == "tls13" else ssl.TLSVersion.TLSv1_2
+    versions = {"tls12": ssl.TLSVersion.TLSv1_2, "tls13": ssl.TLSVersion.TLSv1_3}
+    ctx.minimum_version = versions.get(listener.tls_min_version, ssl.TLSVersion.TLSv1_2)
+    ctx.maximum_version = versions.get(listener.tls_max_version, ssl.TLSVersion.TLSv1_3)
     assert listener.tls_cert_file and listener.tls_key_file  # validated by config
     ctx.load_cert_chain(listener.tls_cert_file, listener.tls_key_file)
     if listener.tls_client_ca_file:
         ctx.load_verify_locations(listener.tls_client_ca_file)
-        ctx.verify_mode = ssl.CERT_REQUIRED if listener.tls_require_and_verify_client_cert else ssl.CERT_OPTIONAL
+        ctx.verify_mode = ssl.CERT_OPTIONAL
+    if listener.tls_require_and_verify_client_cert:
+        if not listener.tls_client_ca_file:
+            ctx.load_default_certs(ssl.Purpose.CLIENT_AUTH)
+        ctx.verify_mode = ssl.CERT_REQUIRED
     return ctx
+
+
+def write_pid_file(path: str | None) -> None:
+    """Write this process's PID to ``pid_file`` (as Vault), mode 0644."""
+    if path:
+        with open(path, "w") as f:
+            f.write(f"{os.getpid()}\n")
+
+
+async def retry_join(core: Core, config: ServerConfig, stop: asyncio.Event) -> None:
+    """``retry_join`` blocks: until this node is initialized, try each leader in turn.
+
+    A successful attempt only fetches the join challenge; the operator's unseal keys
+    finish the join (as Vault's retry_join with a Shamir seal).
+    """
+    addrs = [str(b.get("leader_api_addr")) for b in config.storage.retry_join if b.get("leader_api_addr")]
+    if not addrs:
+        return
+
+    async def attempt() -> bool:
+        if await core.initialized():
+            return True
+        for addr in addrs:
+            try:
+                await raft_ops.join(core, addr)
+                log.info("raft_retry_join_challenge_received", leader=addr)
+                return True
+            except VaultError as e:
+                log.info("raft_retry_join_attempt_failed", leader=addr, error=str(e))
+        return False
+
+    await retry_until(attempt, stop=stop)
 
 
 def harden_process() -> None:
@@ -149,8 +189,12 @@ async def serve(config: ServerConfig, dev: DevOptions | None) -> int:
         max_lease_ttl=config.max_lease_ttl,
         api_addr=api_addr,
         cluster_addr=config.cluster_addr or f"https://{listener.cluster_address}",
+        performance_standby=str(st.options.get("performance_standby", "false")).lower() in ("true", "1"),
     ))
-    runner = web.AppRunner(build_app(core), access_log=None, handle_signals=False)
+    write_pid_file(config.pid_file)
+    runner = web.AppRunner(build_app(core, max_request_size=listener.max_request_size), access_log=None,
+                           handle_signals=False)
+    stop_join = asyncio.Event()
     await runner.setup()
     try:
         for lst in config.listeners:
@@ -168,9 +212,13 @@ async def serve(config: ServerConfig, dev: DevOptions | None) -> int:
             loop.add_signal_handler(sig, stop.set)
         loop.add_signal_handler(signal.SIGHUP, lambda: reload_audit(core))
         log.info("server_started", storage=st.type, api_addr=api_addr)
-        await stop.wait()
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(retry_join(core, config, stop_join), name="retry_join")
+            await stop.wait()
+            stop_join.set()
         log.info("server_stopping")
     finally:
+        stop_join.set()
         await runner.cleanup()
         if not core.sealed:
             await core.seal()

@@ -399,7 +399,7 @@ def test_kv_list_delete_undelete_destroy_and_metadata(cli: Invoke, vault: Canned
     assert cli("kv", "list", "secret/app") == (0, "Keys\n----\napi/\ndb\n", "")
     assert vault.requests("/v1/secret/metadata/app")[0].query == {"list": ["true"]}
     vault.on("PUT", "/v1/secret/delete/app/db", 204)
-    assert cli("kv", "delete", "-versions=1,2", "secret/app/db") == (0, "Success! Data deleted (if it existed) at: secret/delete/app/db\n", "")
+    assert cli("kv", "delete", "-versions=1,2", "secret/app/db") == (0, "Success! Data deleted (if it existed) at: secret/data/app/db\n", "")
     assert vault.requests("/v1/secret/delete/app/db")[0].body == {"versions": [1, 2]}
     vault.on("DELETE", "/v1/secret/data/app/db", 204)
     assert cli("kv", "delete", "secret/app/db")[1] == "Success! Data deleted (if it existed) at: secret/data/app/db\n"

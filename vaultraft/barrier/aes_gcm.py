@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import datetime as _dt
 import secrets
-from typing import NamedTuple, Sequence
+from typing import NamedTuple, Protocol, Sequence
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -50,6 +50,22 @@ class KeyStatus(NamedTuple):
     encryptions: int
 
 
+class SealWrapper(Protocol):
+    """Seal wrap (issue 4): an extra encryption layer by the seal (an HSM) for chosen records.
+
+    ``seal_wrap`` turns a value into what is stored; ``seal_unwrap`` reverses it and passes
+    through values that were never wrapped. Exceptions propagate to the caller unchanged.
+    """
+
+    async def seal_wrap(self, path: str, value: bytes) -> bytes:
+        """The stored form of ``value`` at ``path``."""
+        ...
+
+    async def seal_unwrap(self, path: str, value: bytes) -> bytes:
+        """The value behind a stored form made by :meth:`seal_wrap` (or ``value`` itself)."""
+        ...
+
+
 class Barrier:
     """Async encrypting view over a :class:`Physical`; starts sealed."""
 
@@ -60,6 +76,7 @@ class Barrier:
         self._aeads: dict[int, AESGCM] = {}
         self._encryptions = 0
         self._lock = asyncio.Lock()
+        self._keyring_wrapper: SealWrapper | None = None
 
     @property
     def physical(self) -> Physical:
@@ -141,6 +158,11 @@ class Barrier:
     def root_key(self) -> bytes:
         """A copy of the root key (for core's root-key rewrap); raises BarrierSealed."""
         return bytes(self._require().root_key)
+
+    def set_keyring_wrapper(self, wrapper: SealWrapper | None) -> None:
+        """Seal-wrap the keyring record from now on: ``wrapper`` encrypts it once more when
+        written and opens it when read (None: store it as sealed by the root key only)."""
+        self._keyring_wrapper = wrapper
 
     # -- data path -----------------------------------------------------------------------
 
@@ -233,6 +255,8 @@ class Barrier:
         blob = await self._physical.get(KEYRING_PATH)
         if blob is None:
             raise BarrierNotInitialized()
+        if self._keyring_wrapper is not None:
+            blob = await self._keyring_wrapper.seal_unwrap(KEYRING_PATH, blob)
         try:
             if parse_header(blob) != KEYRING_TERM:
                 raise BarrierDecryptError("keyring record has a data term")
@@ -246,6 +270,8 @@ class Barrier:
 
     async def _write_keyring(self, ring: Keyring) -> None:
         blob = seal_with(AESGCM(bytes(ring.root_key)), KEYRING_TERM, _KEYRING_AAD, ring.to_bytes())
+        if self._keyring_wrapper is not None:
+            blob = await self._keyring_wrapper.seal_wrap(KEYRING_PATH, blob)
         await self._apply_raw(Op.put(KEYRING_PATH, blob))
 
     async def _apply_raw(self, op: Op) -> None:

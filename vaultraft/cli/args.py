@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import enum
 import json
+import re
 from dataclasses import dataclass, field
 from typing import IO, Any, Mapping, Sequence
-
-from vaultraft.framework import parse_duration
 
 
 class UsageError(Exception):
@@ -80,6 +79,36 @@ class Parsed:
     def pairs(self, name: str) -> dict[str, str]:
         """The flag's accumulated k=v pairs."""
         return dict(self.values.get(name) or {})
+
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h|d)")
+_UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> int:
+    """Whole seconds from Vault's duration syntax: plain seconds ("90") or Go units ("1h30m", "2d").
+
+    "" is 0; ValueError for anything else or a negative duration. (Kept here rather than
+    imported from the server's framework so the client starts fast and stays stdlib-only.)
+    """
+    s = text.strip()
+    if s == "":
+        return 0
+    if re.fullmatch(r"-?\d+", s):
+        secs = int(s)
+    else:
+        pos, total = 0, 0.0
+        for m in _DURATION_PART.finditer(s):
+            if m.start() != pos:
+                raise ValueError(f"invalid duration {text!r}")
+            total += float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
+            pos = m.end()
+        if pos != len(s) or pos == 0:
+            raise ValueError(f"invalid duration {text!r}")
+        secs = int(total)
+    if secs < 0:
+        raise ValueError("duration must not be negative")
+    return secs
 
 
 _TRUE = {"1", "t", "T", "TRUE", "true", "True"}

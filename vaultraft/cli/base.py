@@ -13,10 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Callable, Iterator, Mapping, Sequence
 
-from vaultraft.cli.args import HTTP_FLAGS, OUTPUT_FLAGS, Flag, Parsed, UsageError, parse_flags
+from vaultraft.cli.args import HTTP_FLAGS, OUTPUT_FLAGS, Flag, Parsed, UsageError, parse_duration, parse_flags
 from vaultraft.cli.client import APIError, Client, ClientConfig
 from vaultraft.cli.output import FORMATS, UI
-from vaultraft.framework import parse_duration
 
 EXIT_OK = 0
 EXIT_LOCAL = 1

@@ -62,6 +62,32 @@ class ClientConfig:
     follow_redirects: bool = True
 
 
+# api.SecretAuth and api.SecretWrapInfo: (JSON field, Go zero value), in struct order.
+_AUTH_FIELDS: tuple[tuple[str, Any], ...] = (
+    ("client_token", ""),
+    ("accessor", ""),
+    ("policies", None),
+    ("token_policies", None),
+    ("identity_policies", None),
+    ("metadata", None),
+    ("orphan", False),
+    ("entity_id", ""),
+    ("lease_duration", 0),
+    ("renewable", False),
+    ("mfa_requirement", None),
+)
+_WRAP_FIELDS: tuple[tuple[str, Any], ...] = (
+    ("token", ""),
+    ("accessor", ""),
+    ("ttl", 0),
+    ("creation_time", "0001-01-01T00:00:00Z"),
+    ("creation_path", ""),
+    ("wrapped_accessor", ""),
+)
+# Envelope members that are Go structs: printed in field order, not sorted like maps.
+STRUCT_MEMBERS = frozenset({"auth", "wrap_info"})
+
+
 @dataclass(frozen=True)
 class Secret:
     """Vault's api.Secret: the standard response envelope."""
@@ -95,7 +121,11 @@ class Secret:
         )
 
     def to_json(self) -> dict[str, Any]:
-        """The envelope in api.Secret's field order, as ``-format=json`` prints it."""
+        """The envelope in api.Secret's field order, as ``-format=json`` prints it.
+
+        ``auth`` and ``wrap_info`` are re-shaped to api.SecretAuth / api.SecretWrapInfo
+        (their fields, in their order), as Go's decode-then-marshal round trip does.
+        """
         out: dict[str, Any] = {
             "request_id": self.request_id,
             "lease_id": self.lease_id,
@@ -105,12 +135,34 @@ class Secret:
             "warnings": self.warnings,
         }
         if self.auth is not None:
-            out["auth"] = self.auth
+            out["auth"] = {name: self.auth.get(name, default) for name, default in _AUTH_FIELDS}
         if self.wrap_info is not None:
-            out["wrap_info"] = self.wrap_info
+            out["wrap_info"] = {name: self.wrap_info.get(name, default) for name, default in _WRAP_FIELDS}
         if self.mount_type:
             out["mount_type"] = self.mount_type
         return out
+
+
+def parse_secret(body: Any) -> Secret | None:
+    """Vault's api.ParseSecret on a decoded body: the envelope, or None when there is none.
+
+    A body without any envelope field (``sys/leader``, ``sys/health``...) becomes the
+    secret's ``data``; a body holding only ``errors`` is None; ``errors`` beside other raw
+    fields is an APIError with the errors joined by spaces.
+    """
+    if body is None:
+        return None
+    if not isinstance(body, dict):
+        raise TransportError("error parsing response: the body is not a JSON object")
+    secret = Secret.from_json(body)
+    if secret != Secret():
+        return secret
+    if "errors" in body:
+        if len(body) == 1:
+            return None
+        errors = body["errors"] if isinstance(body["errors"], list) else [body["errors"]]
+        raise APIError(" ".join(str(e) for e in errors))
+    return Secret(data=dict(body)) if body else secret
 
 
 def _tls_context(config: ClientConfig) -> ssl.SSLContext:
@@ -217,12 +269,16 @@ class Client:
 
     @staticmethod
     def _error(method: str, url: str, status: int, raw: bytes) -> ResponseError:
+        # As api.CheckResponse: a body that does not decode as an error object (including an
+        # empty one) is reported verbatim as a "Raw Message".
         text = raw.decode("utf-8", "replace")
         try:
-            body = json.loads(text) if text.strip() else {}
+            body = json.loads(text)
         except ValueError:
             return ResponseError(method, url, status, [text], raw=True)
-        errors = body.get("errors") if isinstance(body, dict) else None
+        if not isinstance(body, dict):
+            return ResponseError(method, url, status, [text], raw=True)
+        errors = body.get("errors")
         return ResponseError(method, url, status, [str(e) for e in errors] if isinstance(errors, list) else [])
 
     def call(
@@ -249,13 +305,11 @@ class Client:
                 body = json.loads(raw) if raw.strip() else None
             except ValueError:
                 return None
-            if isinstance(body, dict) and (body.get("data") or body.get("warnings")):
-                return Secret.from_json(body)
-            return None
+            secret = parse_secret(body)
+            return secret if secret is not None and (secret.data or secret.warnings) else None
         if status >= 400:
             raise self._error(method, url, status, raw)
-        decoded = self._decode(method, url, raw)
-        return Secret.from_json(decoded) if decoded is not None else None
+        return parse_secret(self._decode(method, url, raw))
 
     def read(self, path: str, params: Mapping[str, Any] | None = None) -> Secret | None:
         """GET ``path``; None when nothing is there (a 404 without data)."""
@@ -267,10 +321,8 @@ class Client:
 
     def write(self, path: str, data: Mapping[str, Any] | None = None, method: str = "PUT") -> Secret | None:
         """Write ``data`` to ``path``; None when the server answers without a body (204)."""
-        decoded = self.call(method, path, body=dict(data or {}))
-        return Secret.from_json(decoded) if decoded is not None else None
+        return parse_secret(self.call(method, path, body=dict(data or {})))
 
     def delete(self, path: str, params: Mapping[str, Any] | None = None) -> Secret | None:
         """DELETE ``path``; None when the server answers without a body."""
-        decoded = self.call("DELETE", path, params=params)
-        return Secret.from_json(decoded) if decoded is not None else None
+        return parse_secret(self.call("DELETE", path, params=params))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from vaultraft.cli.args import Flag, Kind, parse_kv_data
+from vaultraft.cli.args import Flag, Kind, parse_bool, parse_kv_data, parse_kv_strings
 from vaultraft.cli.base import (
     EXIT_LOCAL,
     EXIT_OK,
@@ -122,79 +122,119 @@ def cmd_delete(ctx: Context, argv: Sequence[str]) -> int:
 
 
 def token_login_secret(token: str, data: dict[str, Any]) -> Secret:
-    """The auth block Vault's token login method builds from a lookup-self response."""
-    token_policies = list(data.get("policies") or [])
-    identity = list(data.get("identity_policies") or [])
+    """The auth block Vault's token auth CLI handler builds from a lookup-self response.
+
+    As api.Secret's Token* helpers: policies are the token's then the identity ones (in
+    that order, not de-duplicated); an empty identity list is null; metadata comes from
+    ``metadata`` or ``meta`` and is null only when both are.
+    """
+    token_policies = [str(p) for p in data.get("policies") or []]
+    identity = [str(p) for p in data.get("identity_policies") or []]
+    meta = data.get("metadata") if data.get("metadata") is not None else data.get("meta")
     return Secret(
         auth={
-            "client_token": token,
-            "accessor": data.get("accessor", ""),
-            "policies": sorted(set(token_policies) | set(identity)),
-            "token_policies": token_policies,
-            "identity_policies": identity,
-            "metadata": data.get("meta") or None,
+            "client_token": str(data.get("id") or token),
+            "accessor": str(data.get("accessor") or ""),
+            "policies": token_policies + identity or None,
+            "token_policies": token_policies or None,
+            "identity_policies": identity or None,
+            "metadata": dict(meta) if isinstance(meta, dict) else None,
             "lease_duration": int(data.get("ttl") or 0),
             "renewable": bool(data.get("renewable")),
         }
     )
 
 
-def cmd_login(ctx: Context, argv: Sequence[str]) -> int:
-    """vault login [TOKEN|-]: verify a token with lookup-self and store it in ~/.vault-token."""
-    inv = begin(
-        ctx,
-        argv,
-        [Flag("method", default="token"), Flag("no-store", Kind.BOOL), Flag("no-print", Kind.BOOL)],
-    )
-    inv.at_most(1)
-    method = inv.flags.text("method") or "token"
-    if method != "token":
-        raise CommandError(
-            f'Unknown auth method: {method}. Use "vault auth list" to see the complete list of auth '
-            "methods. Additionally, some auth methods are only available via the HTTP API."
-        )
-    arg = inv.args[0] if inv.args else ""
-    if arg == "-":
-        token = ctx.stdin.read().strip()
-    elif arg:
-        token = arg.strip()
-    else:
-        token = read_secret_input(ctx, "Token (will be hidden): ")
+def _token_auth(inv: Invocation, config: dict[str, str]) -> Secret:
+    """Vault's token auth CLI handler: ``token=`` (prompted when absent) and ``lookup=``."""
+    lookup = True
+    if "lookup" in config:
+        try:
+            lookup = parse_bool(config["lookup"])
+        except ValueError:
+            raise CommandError(
+                f'Error authenticating: Failed to parse "lookup" as boolean: strconv.ParseBool: parsing '
+                f'"{config["lookup"]}": invalid syntax', EXIT_REMOTE) from None
+    token = config["token"] if "token" in config else read_secret_input(inv.ctx, "Token (will be hidden): ")
+    token = token.strip()
     if not token:
         raise CommandError(
             "Error authenticating: a token must be passed to auth, please view the help for more information",
             EXIT_REMOTE,
         )
+    if not lookup:
+        return Secret(auth={"client_token": token})
     with api_errors("Error authenticating: error looking up token"):
-        body = inv.client.with_token(token).call("GET", "auth/token/lookup-self") or {}
-    secret = token_login_secret(token, dict(body.get("data") or {}))
-    if ctx.environ.get("VAULT_TOKEN"):
-        inv.ui.warn(wrap_at_length(
-            "WARNING! The VAULT_TOKEN environment variable is set! The value of this variable will "
-            "take precedence; if this is unwanted please unset VAULT_TOKEN or update its value "
-            "accordingly."
-        ) + "\n")
-    stored = not inv.flags.on("no-store")
-    if stored:
+        body = inv.client.with_token(token).call("GET", "auth/token/lookup-self")
+    if not isinstance(body, dict):
+        raise CommandError("Error authenticating: empty response from lookup-self", EXIT_REMOTE)
+    return token_login_secret(token, dict(body.get("data") or {}))
+
+
+def cmd_login(ctx: Context, argv: Sequence[str]) -> int:
+    """vault login [-method=token] [-no-store] [-no-print] [-token-only] [TOKEN | - | token=T lookup=B]."""
+    inv = begin(
+        ctx,
+        argv,
+        [
+            Flag("method", default="token"),
+            Flag("path"),
+            Flag("no-store", Kind.BOOL),
+            Flag("no-print", Kind.BOOL),
+            Flag("token-only", Kind.BOOL),
+        ],
+    )
+    no_store, field = inv.flags.on("no-store"), inv.flags.text("field")
+    if inv.flags.on("token-only"):  # documented to override -no-store and -field
+        no_store, field = True, "token"
+    if no_store and inv.flags.on("no-print"):
+        raise CommandError("-no-store and -no-print cannot be used together")
+    method = sanitize_path(inv.flags.text("method")) or "token"
+    if method != "token":
+        raise CommandError(wrap_at_length(
+            f'Unknown auth method: {method}. Use "vault auth list" to see the complete list of auth '
+            "methods. Additionally, some auth methods are only available via the HTTP API."
+        ))
+    args = list(inv.args)
+    if args and "=" not in args[0]:
+        args[0] = "token=" + args[0]  # `vault login TOKEN` and `vault login -` (stdin)
+    try:
+        config = parse_kv_strings(args, ctx.stdin)
+    except ValueError as err:
+        raise CommandError(f"Error parsing configuration: {err}") from err
+    secret = _token_auth(inv, config)
+    token = str((secret.auth or {}).get("client_token", ""))
+    if not no_store:
         try:
             store_token(ctx.environ, token)
         except OSError as err:
-            raise CommandError(f"Error storing token: {err.strerror}", EXIT_REMOTE) from err
-    else:
+            inv.ui.error(f"Error storing token: {err.strerror}")
+            inv.ui.error(wrap_at_length(
+                "Authentication was successful, but the token was not persisted. The resulting "
+                "token is shown below for your records."
+            ) + "\n")
+            inv.ui.secret(secret)
+            return EXIT_REMOTE
+        if ctx.environ.get("VAULT_TOKEN"):
+            inv.ui.warn(wrap_at_length(
+                "WARNING! The VAULT_TOKEN environment variable is set! This takes precedence over "
+                "the value set by this command. To use the value set by this command, unset the "
+                "VAULT_TOKEN environment variable or set it to the token displayed below."
+            ) + "\n")
+    elif not inv.flags.on("token-only"):
         inv.ui.warn(wrap_at_length(
             "The token was not stored in token helper. Set the VAULT_TOKEN environment variable or "
             "pass the token below with each request to Vault."
         ) + "\n")
     if inv.flags.on("no-print"):
         return EXIT_OK
-    if inv.flags.text("field"):
-        return inv.ui.field(secret, inv.flags.text("field"))
+    if field:
+        return inv.ui.field(secret, field)
     if inv.table:
         inv.ui.output(wrap_at_length(
             "Success! You are now authenticated. The token information displayed below is "
-            + ("already stored in the token helper. You do NOT need to run \"vault login\" again. "
-               "Future Vault requests will automatically use this token." if stored
-               else "not stored in the token helper.")
+            'already stored in the token helper. You do NOT need to run "vault login" again. '
+            "Future Vault requests will automatically use this token."
         ) + "\n")
     return inv.ui.secret(secret)
 

@@ -15,7 +15,7 @@ from typing import Any, Mapping, Sequence
 
 from vaultraft.cli.args import Flag, Kind
 from vaultraft.cli.base import EXIT_OK, EXIT_REMOTE, CommandError, Context, Invocation, Registry, api_errors, begin
-from vaultraft.cli.client import APIError, Client, ResponseError, Secret
+from vaultraft.cli.client import APIError, Client, ResponseError, Secret, parse_secret
 from vaultraft.cli.generic import kv_data, output_listing, sanitize_path
 from vaultraft.cli.secrets import mount_table
 from vaultraft.cli.output import header_for_map, pad_equal_signs, warnings_text
@@ -161,9 +161,53 @@ def cmd_put(ctx: Context, argv: Sequence[str]) -> int:
     return _show_write_metadata(inv, secret, path)
 
 
+def _patch_read_then_write(inv: Invocation, path: str, data: dict[str, Any]) -> Secret | None:
+    """Vault's readThenWrite: read the latest version, merge locally, write it back with cas."""
+    with api_errors(f"Error doing pre-read at {path}"):
+        current = inv.client.read(path)
+    if current is None or current.data is None:
+        raise CommandError(f"No value found at {path}", EXIT_REMOTE)
+    meta = current.data.get("metadata")
+    if not isinstance(meta, dict):
+        raise CommandError(f"No metadata found at {path}; patch only works on existing data", EXIT_REMOTE)
+    existing = current.data.get("data")
+    if not isinstance(existing, dict):
+        raise CommandError(f"No data found at {path}; patch only works on existing data", EXIT_REMOTE)
+    merged = dict(existing)
+    for key, value in data.items():
+        if value is None:  # -remove-data: drop the key rather than store a null
+            merged.pop(key, None)
+        else:
+            merged[key] = value
+    with api_errors(f"Error writing data to {path}"):
+        return inv.client.write(path, {"data": merged, "options": {"cas": meta.get("version")}})
+
+
+def _patch_merge(inv: Invocation, path: str, data: dict[str, Any], fallback: bool) -> Secret | None:
+    """Vault's mergePatch: HTTP PATCH with a JSON merge patch, falling back to read-then-write
+    on 405 (no PATCH on the server) or 403 (no "patch" capability) unless -method=patch."""
+    cas = inv.flags.number("cas") or 0
+    body = {"data": data, "options": {"cas": cas} if cas > 0 else {}}
+    try:
+        decoded = inv.client.call("PATCH", path, body=body, content_type=MERGE_PATCH)
+    except ResponseError as err:
+        if fallback and err.status == 405:
+            return _patch_read_then_write(inv, path, data)
+        if fallback and err.status == 403:
+            inv.ui.warn(
+                f'Data was written to {path} but we recommend that you add the "patch" capability '
+                "to your ACL policy in order to use HTTP PATCH in the future."
+            )
+            return _patch_read_then_write(inv, path, data)
+        raise CommandError(f"Error writing data to {path}: {err}", EXIT_REMOTE) from err
+    except APIError as err:
+        raise CommandError(f"Error writing data to {path}: {err}", EXIT_REMOTE) from err
+    return parse_secret(decoded)
+
+
 def cmd_patch(ctx: Context, argv: Sequence[str]) -> int:
     """vault kv patch [-cas=N] [-method=patch|rw] [-remove-data=k] KEY k=v...: merge into the latest version."""
-    inv = begin(ctx, argv, [MOUNT_FLAG, Flag("cas", Kind.INT, default=-1), Flag("method"), Flag("remove-data", Kind.LIST)])
+    inv = begin(ctx, argv, [MOUNT_FLAG, Flag("cas", Kind.INT, default=0), Flag("method"), Flag("remove-data", Kind.LIST)])
     removed = inv.flags.items("remove-data")
     data = _data_args(inv, allow_empty=bool(removed))
     data.update({key: None for key in removed})
@@ -172,36 +216,12 @@ def cmd_patch(ctx: Context, argv: Sequence[str]) -> int:
         raise CommandError("K/V engine mount must be version 2 for patch support", EXIT_REMOTE)
     path = target.full("data")
     method = inv.flags.text("method")
-    if method not in ("", "patch", "rw"):
+    if method == "rw":
+        secret = _patch_read_then_write(inv, path, data)
+    elif method in ("", "patch"):
+        secret = _patch_merge(inv, path, data, fallback=method == "")
+    else:
         raise CommandError(f"Unsupported method provided to -method flag: {method}", EXIT_REMOTE)
-    cas = inv.flags.number("cas")
-    options: dict[str, Any] = {"cas": cas} if cas is not None and cas > -1 else {}
-    if method in ("", "patch"):
-        try:
-            body = inv.client.call("PATCH", path, body={"data": data, "options": options}, content_type=MERGE_PATCH)
-        except ResponseError as err:
-            # A 405 means the server has no PATCH: fall back to read-then-write unless asked not to.
-            if not (err.status == 405 and method == ""):
-                raise CommandError(f"Error writing data to {path}: {err}", EXIT_REMOTE) from err
-        except APIError as err:
-            raise CommandError(f"Error writing data to {path}: {err}", EXIT_REMOTE) from err
-        else:
-            if body is None:
-                raise CommandError(f"No value found at {path}", EXIT_REMOTE)
-            return _show_write_metadata(inv, Secret.from_json(body), path)
-    with api_errors(f"Error doing pre-read at {path}"):
-        current = inv.client.read(path)
-    if current is None or not current.data:
-        raise CommandError(f"No value found at {path}", EXIT_REMOTE)
-    merged = dict((current.data or {}).get("data") or {})
-    for key, value in data.items():
-        if value is None:
-            merged.pop(key, None)
-        else:
-            merged[key] = value
-    version = ((current.data or {}).get("metadata") or {}).get("version")
-    with api_errors(f"Error writing data to {path}"):
-        secret = inv.client.write(path, {"data": merged, "options": options or {"cas": version}})
     return _show_write_metadata(inv, secret, path)
 
 
@@ -265,13 +285,11 @@ def cmd_delete(ctx: Context, argv: Sequence[str]) -> int:
     inv.exactly(1)
     target = resolve(inv, inv.args[0])
     versions = _versions(inv)
-    if target.v2 and versions:
-        path = target.full("delete")
-        with api_errors(f"Error deleting {path}"):
-            secret = inv.client.write(path, {"versions": versions})
-    else:
-        path = target.full("data")
-        with api_errors(f"Error deleting {path}"):
+    path = target.full("data")  # what Vault reports, even when -versions posts to delete/
+    with api_errors(f"Error deleting {path}"):
+        if target.v2 and versions:
+            secret = inv.client.write(target.full("delete"), {"versions": versions})
+        else:
             secret = inv.client.delete(path)
     if secret is not None and (secret.data or secret.warnings):
         return inv.ui.secret(secret)

@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass
 from typing import IO, Any, Mapping, Sequence
 
-from vaultraft.cli.client import Secret
+from vaultraft.cli.client import STRUCT_MEMBERS, Secret
 
 HOPE_DELIM = "\u2668"  # Vault's "♨": a column delimiter we hope no secret contains
 FORMATS = ("table", "json")
@@ -179,13 +179,17 @@ def _sorted_maps(value: Any) -> Any:
     return value
 
 
-def go_json(value: Any, *, sort_top: bool = True) -> str:
+def go_json(value: Any, *, sort_top: bool = True, structs: frozenset[str] = frozenset()) -> str:
     """JSON as Go's json.MarshalIndent(v, "", "  ") writes decoded maps: sorted keys, HTML escaped.
 
-    With ``sort_top=False`` the top-level object keeps its order (a Go struct's fields).
+    With ``sort_top=False`` the top-level object keeps its order (a Go struct's fields), and
+    so do the top-level members named in ``structs`` (nested structs); maps below are sorted.
     """
     if isinstance(value, dict) and not sort_top:
-        value = {k: _sorted_maps(v) for k, v in value.items()}
+        value = {
+            k: ({kk: _sorted_maps(vv) for kk, vv in v.items()} if k in structs and isinstance(v, dict) else _sorted_maps(v))
+            for k, v in value.items()
+        }
     else:
         value = _sorted_maps(value)
     text = json.dumps(value, indent=2, ensure_ascii=False)
@@ -323,7 +327,7 @@ class UI:
     def secret(self, secret: Secret) -> int:
         """Vault's OutputSecret: the table (with warnings) or the whole envelope as JSON."""
         if self.format == "json":
-            self.output(go_json(secret.to_json(), sort_top=False))
+            self.output(go_json(secret.to_json(), sort_top=False, structs=STRUCT_MEMBERS))
             return 0
         warnings = warnings_text(secret)
         if warnings:

@@ -11,7 +11,7 @@ from typing import Any
 import structlog
 
 from vaultraft.audit import AuditBroker
-from vaultraft.logical import InvalidRequest, StorageEntry, StorageView
+from vaultraft.logical import InvalidRequest, StorageEntry, StorageView, Unavailable
 
 log = structlog.get_logger("vaultraft.audit")
 
@@ -51,8 +51,9 @@ class AuditTable:
                     self._broker.enable(entry.path, entry.type, dict(entry.options), entry.description,
                                         base64.b64decode(entry.salt), entry.local)
                 except InvalidRequest as e:
-                    # Vault keeps unsealing; with no working device requests then fail closed.
+                    # As Vault: a node that cannot audit does not serve (fail closed).
                     log.error("audit_device_enable_failed", path=entry.path, error=str(e))
+                    raise Unavailable(f"failed to set up audit device {entry.path}: {e}") from None
 
     async def _save(self) -> None:
         rep = [asdict(e) for e in self.entries.values() if not e.local]

@@ -9,13 +9,13 @@ import secrets
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 import structlog
 
 from vaultraft import VAULT_COMPAT_VERSION
 from vaultraft.audit import AuditBroker
-from vaultraft.barrier import Barrier
+from vaultraft.barrier import KEYRING_PATH, Barrier
 from vaultraft.core.audit_table import AuditTable
 from vaultraft.core import raft_ops
 from vaultraft.core.cluster import LEADER_KEY, ROLE_POLL, ClusterLink, LeaderInfo
@@ -28,12 +28,26 @@ from vaultraft.core.views import BarrierView
 from vaultraft.engines import BUILTIN_ENGINES
 from vaultraft.engines.cubbyhole import destroy_cubbyhole
 from vaultraft.framework import Backend
-from vaultraft.logical import InvalidRequest, NotInitialized, NotLeader, Request, Response, Sealed, StorageEntry
+from vaultraft.logical import (
+    InvalidRequest,
+    NotInitialized,
+    NotLeader,
+    Operation,
+    PreconditionFailed,
+    Request,
+    Response,
+    Sealed,
+    StorageEntry,
+)
 from vaultraft.storage import Physical
 
 log = structlog.get_logger("vaultraft.core")
 
 BUILD_DATE = "2026-11-23T00:00:00Z"
+_LOCAL_OPS = (Operation.READ, Operation.LIST, Operation.HELP)
+INDEX_WAIT = 2.0
+_TABLE_KEYS = ("core/mounts", "core/local-mounts", "core/auth", "core/local-auth", "core/audit", "core/local-audit")
+_WATCHED = ("core/", "sys/policy/")
 TIDY_INTERVAL = 30.0
 
 
@@ -46,6 +60,7 @@ class CoreSettings:
     max_lease_ttl: int = 768 * 3600
     api_addr: str = ""
     cluster_addr: str = ""
+    performance_standby: bool = False
 
 
 @dataclass(frozen=True)
@@ -54,6 +69,7 @@ class InitResult:
 
     keys: list[bytes]
     root_token: str
+    recovery_keys: list[bytes] = field(default_factory=list)  # issue 4: HSM seal init
 
 
 @dataclass
@@ -69,6 +85,7 @@ class _Unsealed:
     audit_table: AuditTable
     tidy_task: asyncio.Task[None] | None = None
     role_task: asyncio.Task[None] | None = None
+    invalidation_task: asyncio.Task[None] | None = None
     sys_view: BarrierView | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -87,6 +104,10 @@ class Core:
         self.joiner = Joiner()
         self.challenges = ChallengeIssuer()
         self.retry_join_addrs: list[str] = []
+        self._invalidations: asyncio.Queue[list[str]] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        if self.cluster.raft is not None:
+            self.cluster.raft.fsm.observer = self._on_applied
         self._active = False
         self._lock = asyncio.Lock()
         self._u: _Unsealed | None = None
@@ -129,6 +150,9 @@ class Core:
             "recovery_seal": fields["recovery_seal"],
             "storage_type": self.physical.storage_type,
         }
+        for extra in ("recovery_seal_type", "warnings"):  # issue 4: HSM seal status
+            if extra in fields:
+                body[extra] = fields[extra]
         if self._u is not None:
             body["cluster_name"] = self._u.cluster_name
             body["cluster_id"] = self._u.cluster_id
@@ -136,20 +160,26 @@ class Core:
 
     # ---- init ----------------------------------------------------------------------------
 
-    async def initialize(self, secret_shares: int, secret_threshold: int, *, root_token_id: str | None = None) -> InitResult:
-        """Create the root key, keyring and root token; leave the node sealed.
+    async def initialize(self, secret_shares: int, secret_threshold: int, *, root_token_id: str | None = None,
+                         recovery_shares: int = 0, recovery_threshold: int = 0) -> InitResult:
+        """Create the root key, keyring and root token. Shamir: leave the node sealed and
+        return unseal shares. HSM seal: return recovery shares and leave the node unsealed.
 
-        Raises InvalidRequest when already initialized or the share parameters are bad.
+        Raises InvalidRequest when already initialized, the share parameters are bad, or
+        the HSM is unavailable.
         """
         async with self._lock:
             if await self.initialized():
                 raise InvalidRequest("Vault is already initialized")
-            check_shares(secret_shares, secret_threshold)
+            self.seals.check_init_params(secret_shares, secret_threshold, recovery_shares, recovery_threshold)
+            await self.seals.prepare_init()
             cluster_id = str(uuid.uuid4())
             await self.cluster.start_for_init(cluster_id)
             root_key = os.urandom(32)
             await self.barrier.initialize(root_key)
-            shares, cfg = await self.seals.wrap_new_root_key(root_key, secret_shares, secret_threshold)
+            init_keys = await self.seals.wrap_new_root_key(root_key, secret_shares, secret_threshold,
+                                                           recovery_shares=recovery_shares,
+                                                           recovery_threshold=recovery_threshold)
             await self.barrier.unseal(root_key)
             try:
                 sys_view = BarrierView(self.barrier, "core/", local=False)
@@ -158,18 +188,24 @@ class Core:
                 await self.cluster.store_tls(sys_view)
                 await self._setup(first_time=True)
                 root = await self.unsealed.tokens.create_root_token(root_token_id)
-                await self.seals.store_config(cfg)
+                await self.seals.store_config(init_keys.config)
             finally:
                 await self._teardown()
                 self.barrier.seal()
                 await self.cluster.stop()
-            log.info("core_initialized", shares=secret_shares, threshold=secret_threshold)
-            return InitResult(keys=shares, root_token=root.id)
+            log.info("core_initialized", seal=init_keys.config.type, shares=len(init_keys.keys) or recovery_shares,
+                     threshold=secret_threshold or recovery_threshold, recovery_keys=bool(init_keys.recovery_keys))
+            if self.seals.recovery_supported:  # an HSM seal unseals at once (Vault's init does too)
+                await self._unseal_with(root_key)
+            return InitResult(keys=init_keys.keys, root_token=root.id, recovery_keys=init_keys.recovery_keys)
 
     # ---- unseal / seal -------------------------------------------------------------------
 
-    async def unseal(self, key: str | None, *, reset: bool = False) -> None:
-        """Submit one unseal key share (hex or base64), or reset progress.
+    async def unseal(self, key: str | None, *, reset: bool = False, migrate: bool = False) -> None:
+        """Submit one unseal key share (hex or base64; a recovery share with an HSM seal),
+        or reset progress. ``key=None`` with an HSM seal auto-unseals (a no-op when the
+        HSM fails: the seal manager logs it and seal-status shows it). ``migrate`` must be
+        set while a seal migration is pending.
 
         Unseals once the threshold is reached. A wrong combination resets progress and
         raises InvalidRequest; the node stays sealed.
@@ -184,6 +220,11 @@ class Core:
             if not self.sealed:
                 return
             if not key:
+                if self.seals.recovery_supported and not migrate:  # issue 4: auto-unseal
+                    auto_root = await self.seals.try_auto_unseal()
+                    if auto_root is not None:
+                        await self._unseal_with(auto_root)
+                    return
                 raise InvalidRequest("missing required 'key' parameter")
             if self.joiner.pending is not None:
                 root_key = await self.joiner.submit_share(key)
@@ -192,7 +233,7 @@ class Core:
                 await raft_ops.complete_join(self, root_key)
                 await self._unseal_with(root_key)
                 return
-            root_key = await self.seals.submit_share(key)
+            root_key = await self.seals.submit_share(key, migrate=migrate)
             if root_key is None:
                 return
             await self._unseal_with(root_key)
@@ -202,11 +243,13 @@ class Core:
         try:
             await self.cluster.start_after_unseal(BarrierView(self.barrier, "core/", local=False))
             await self._setup(first_time=False)
+            await self.seals.after_unseal()  # issue 4: pending seal migration, HSM key re-wrap
         except BaseException:
             await self._teardown()
             self.barrier.seal()
             await self.cluster.stop()
             raise
+        self.seals.start_health_monitor(self.seal)  # issue 4: seal when the HSM goes away
         log.info("core_unsealed")
 
     async def seal(self) -> None:
@@ -215,7 +258,7 @@ class Core:
             await self._teardown()
             self.barrier.seal()
             await self.cluster.stop()
-            self.seals.reset_progress()
+            await self.seals.on_sealed()  # issue 4: also stops the HSM health monitor
             log.info("core_sealed")
 
     # ---- requests --------------------------------------------------------------------------
@@ -227,15 +270,74 @@ class Core:
         if self._u is None:
             raise Sealed()
         if not self.active:
-            info = await self.leader_info()
-            raise NotLeader(info.api_addr if info else None)
+            if not self._serves_locally(req):
+                info = await self.leader_info()
+                raise NotLeader(info.api_addr if info else None)
+            await self._wait_for_index(req)
+            try:
+                return await handle_request(self, req)
+            except NotLeader:
+                # the read needed a write (e.g. a token's last use): let the active node do it
+                info = await self.leader_info()
+                raise NotLeader(info.api_addr if info else None) from None
         return await handle_request(self, req)
 
+    async def _wait_for_index(self, req: Request) -> None:
+        """Read-after-write: wait until this node applied the client's X-Vault-Index."""
+        raw = req.headers.get("x-vault-index")
+        if not raw:
+            return
+        try:
+            want = int(raw)
+        except ValueError:
+            raise InvalidRequest("X-Vault-Index must be an integer log index") from None
+        wait = getattr(self.physical, "wait_applied", None)
+        if wait is not None and not await wait(want, INDEX_WAIT):
+            raise PreconditionFailed(f"this node has not yet applied index {want}; retry or "
+                                     "send X-Vault-Inconsistent: forward-active-node")
+
+    def _serves_locally(self, req: Request) -> bool:
+        """A performance standby answers reads from its own copy of the state."""
+        return (self.settings.performance_standby and req.operation in _LOCAL_OPS
+                and req.headers.get("x-vault-inconsistent", "") != "forward-active-node"
+                and self.router.match(req.path) is not None)
+
+    # ---- log-driven cache invalidation (standbys) ---------------------------------------
+
+    def _on_applied(self, index: int, keys: Sequence[str]) -> None:
+        """Called on the Raft thread after each applied entry (never blocks it)."""
+        loop, queue = self._loop, self._invalidations
+        if loop is None or queue is None or self._active:
+            return
+        watched = [k for k in keys if k.startswith(_WATCHED)]
+        if watched:
+            loop.call_soon_threadsafe(queue.put_nowait, watched)
+
+    async def _invalidation_loop(self) -> None:
+        assert self._invalidations is not None
+        while True:
+            keys = await self._invalidations.get()
+            while not self._invalidations.empty():
+                keys.extend(self._invalidations.get_nowait())
+            if self._active or self._u is None:
+                continue
+            try:
+                if KEYRING_PATH in keys:
+                    await self.barrier.reload_keyring()
+                if any(k.startswith(_TABLE_KEYS) for k in keys) and self.settings.performance_standby:
+                    await self._load_tables(create=False)
+                elif any(k.startswith("sys/policy/") for k in keys):
+                    self.unsealed.policies.invalidate()
+            except Exception as e:  # a failed refresh is retried by the next change
+                log.warning("standby_invalidation_failed", error=type(e).__name__)
+
     def ha_role(self) -> str:
-        """"active" when this node serves writes, else "standby" (sealed: "sealed")."""
+        """"active", "perf_standby" or "standby" (and "sealed")."""
         if self._u is None:
             return "sealed"
-        return "active" if self._active and self.cluster.is_active() else "standby"
+        if self._active and self.cluster.is_active():
+            return "active"
+        return "perf_standby" if self.settings.performance_standby else "standby"
 
     @property
     def active(self) -> bool:
@@ -272,7 +374,12 @@ class Core:
         active = await self.cluster.wait_lease(self.cluster.first_role_wait())
         if active:
             await self._become_active()
-        self._u.role_task = asyncio.get_running_loop().create_task(self._role_loop(active), name="ha_role")
+        else:
+            await self._become_standby()
+        self._loop = asyncio.get_running_loop()
+        self._invalidations = asyncio.Queue()
+        self._u.invalidation_task = self._loop.create_task(self._invalidation_loop(), name="invalidation")
+        self._u.role_task = self._loop.create_task(self._role_loop(active), name="ha_role")
 
     async def _load_tables(self, *, create: bool) -> None:
         """(Re)read the mount, auth and audit tables and rebuild the router from them.
@@ -348,6 +455,9 @@ class Core:
         if u is not None and u.tidy_task is not None:
             await _cancel(u.tidy_task)
             u.tidy_task = None
+        if u is not None and self.settings.performance_standby:
+            await self.barrier.reload_keyring()
+            await self._load_tables(create=False)
         if was_active:
             log.info("became_standby")
 
@@ -365,7 +475,7 @@ class Core:
         self.router.clear()
         self.audit.close()
         if u is not None:
-            for task in (u.role_task, u.tidy_task):
+            for task in (u.role_task, u.tidy_task, u.invalidation_task):
                 if task is not None:
                     await _cancel(task)
 

@@ -70,10 +70,10 @@ async def authenticate(core: "Core", token: str) -> TokenEntry:
 async def handle_request(core: "Core", req: Request) -> Response | None:
     """Authenticate, authorize, audit and route ``req`` (whose path is the full path)."""
     u = core.unsealed
+    entry = await authenticate(core, req.client_token)
     route = core.router.match(req.path)
     if route is None:
         raise UnsupportedPath(f"no handler for route \"{req.path}\". route entry not found.")
-    entry = await authenticate(core, req.client_token)
     rel = req.path[len(route.prefix):] if len(req.path) >= len(route.prefix) else ""
     routed = replace(
         req,

@@ -1,140 +1,221 @@
-"""The seal side of core: seal configuration, unseal progress, and the root key's wrapping.
+"""The seal operations core calls: status, init, unseal (shares, recovery keys and
+auto-unseal), what happens after unseal and on seal, and the background auto-unseal
+retries and HSM health monitor.
 
-Core asks this module two things: "make shares for a new root key" (init) and "here is a
-share; is the root key complete?" (unseal). Everything about how the root key is protected
-(Shamir today; an HSM seal plugs in here) stays behind this interface, so core's state
-machine does not change when the seal does.
+Core's state machine is the same for Shamir and for an HSM: it asks this module for the
+root key and tells it about init and seal. The stored records and seal wrapping live in
+:mod:`vaultraft.core.seal_state`; migration and building from the configuration in
+:mod:`vaultraft.core.seal_lifecycle`.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
+import asyncio
+import hmac
 import os
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable
 
-from vaultraft.barrier import Barrier
-from vaultraft.logical import InvalidRequest, NotInitialized
+from vaultraft.core.seal_state import (
+    AUTO_UNSEAL_RETRY,
+    HSM_ROOT_KEY_KEY,
+    RECOVERY_CONFIG_KEY,
+    RECOVERY_KEY_KEY,
+    ROOT_KEY_KEY,
+    SEAL_CONFIG_KEY,
+    SEAL_WRAP_MAGIC,
+    Mode,
+    SealState,
+    _zero,
+    check_shares,
+    decode_key,
+    log,
+)
+from vaultraft.logical import InternalError, InvalidRequest, NotInitialized
+from vaultraft.seal.base import SEAL_TYPE_SHAMIR, AsyncSeal, SealDecryptError, SealError, SealUnavailable
 from vaultraft.seal.shamir import split
 from vaultraft.seal.shamir_seal import (
     RootKeyUnwrapError,
     SealConfig,
+    SealConfigError,
     ShareError,
     UnsealProgress,
     unwrap_root_key,
     wrap_root_key,
 )
 
-SEAL_CONFIG_KEY = "core/seal-config"
-ROOT_KEY_KEY = "core/root-key"
+__all__ = [
+    "HSM_ROOT_KEY_KEY", "RECOVERY_CONFIG_KEY", "RECOVERY_KEY_KEY", "ROOT_KEY_KEY", "SEAL_CONFIG_KEY",
+    "SEAL_WRAP_MAGIC", "InitKeys", "Mode", "SealManager", "check_shares", "decode_key",
+]
 
 
-def decode_key(key: str) -> bytes:
-    """An unseal key given as hex or base64; InvalidRequest otherwise (Vault's message)."""
-    k = key.strip()
-    try:
-        return bytes.fromhex(k)
-    except ValueError:
-        pass
-    try:
-        return base64.b64decode(k, validate=True)
-    except (binascii.Error, ValueError):
-        raise InvalidRequest("'key' must be a valid hex or base64 string") from None
+@dataclass(frozen=True)
+class InitKeys:
+    """What init hands out: unseal shares (Shamir) or recovery shares (HSM seal)."""
+
+    keys: list[bytes]
+    recovery_keys: list[bytes]
+    config: SealConfig
 
 
-def check_shares(n: int, t: int) -> None:
-    """Vault's rules for secret_shares / secret_threshold; InvalidRequest when broken."""
-    if n < 1:
-        raise InvalidRequest("shares must be at least one")
-    if t < 1:
-        raise InvalidRequest("threshold must be at least one")
-    if t > n:
-        raise InvalidRequest("threshold cannot be larger than shares")
-    if n > 1 and t < 2:
-        raise InvalidRequest("threshold must be greater than one for multiple shares")
-    if n > 255:
-        raise InvalidRequest("shares must be less than 256")
-
-
-class SealManager:
-    """Shamir seal: the root key is wrapped by a key-encryption key split into shares."""
-
-    def __init__(self, barrier: Barrier) -> None:
-        self._barrier = barrier
-        self._config: SealConfig | None = None
-        self._progress: UnsealProgress | None = None
-
-    async def config(self) -> SealConfig | None:
-        """The stored seal configuration, or None before init (cached once read)."""
-        if self._config is None:
-            raw = await self._barrier.raw_get(SEAL_CONFIG_KEY)
-            if raw is not None:
-                self._config = SealConfig.from_bytes(raw)
-        return self._config
-
-    def forget_config(self) -> None:
-        """Drop the cached configuration (storage was replaced underneath)."""
-        self._config = None
-        self._progress = None
+class SealManager(SealState):
+    """Holds the configured seal (None: Shamir) and, during a migration, the old one."""
 
     async def status_fields(self, sealed: bool) -> dict[str, Any]:
-        """The seal part of ``sys/seal-status``."""
+        """The seal part of ``sys/seal-status`` (Vault's field names)."""
+        mode = await self.mode()
         cfg = await self.config()
+        shares = await self._share_config(mode)
         progress = self._progress.progress if (self._progress and sealed) else 0
-        return {
-            "type": cfg.type if cfg else "shamir",
+        out: dict[str, Any] = {
+            "type": cfg.type if cfg else self.configured_type,
             "initialized": cfg is not None,
-            "t": cfg.secret_threshold if cfg else 0,
-            "n": cfg.secret_shares if cfg else 0,
+            "t": shares.secret_threshold if shares else 0,
+            "n": shares.secret_shares if shares else 0,
             "progress": progress,
             "nonce": self._progress.nonce if (self._progress and progress) else "",
-            "migration": False,
-            "recovery_seal": False,
+            "migration": mode.migrating,
+            "recovery_seal": self.recovery_supported,
         }
+        if self.recovery_supported:
+            out["recovery_seal_type"] = SEAL_TYPE_SHAMIR
+        warnings = [w for w in (mode.error, self._last_error) if w]
+        if warnings:
+            out["warnings"] = warnings
+        return out
 
-    async def wrap_new_root_key(self, root_key: bytes, secret_shares: int, secret_threshold: int) -> tuple[list[bytes], SealConfig]:
-        """Wrap ``root_key`` under a fresh key-encryption key and split that key.
+    async def _share_config(self, mode: Mode) -> SealConfig | None:
+        """The config whose shares an operator submits now: recovery keys for an HSM seal."""
+        if mode.kind in ("auto", "to_shamir"):
+            return await self.recovery_config()
+        return await self.config()
 
-        Stores the wrapped root key; returns the shares and the configuration, which
-        the caller stores with :meth:`store_config` once init has fully succeeded.
+    # ---- init ----------------------------------------------------------------------------------
+
+    def check_init_params(self, secret_shares: int, secret_threshold: int, recovery_shares: int,
+                          recovery_threshold: int) -> None:
+        """Vault's rule: barrier parameters with Shamir, recovery parameters with an HSM."""
+        barrier_flags = [n for n, v in (("secret_shares", secret_shares), ("secret_threshold", secret_threshold)) if v]
+        recovery_flags = [n for n, v in (("recovery_shares", recovery_shares), ("recovery_threshold", recovery_threshold)) if v]
+        wrong = barrier_flags if self.recovery_supported else recovery_flags
+        if wrong:
+            raise InvalidRequest(f"parameters {','.join(wrong)} not applicable to seal type {self.configured_type}")
+        if self.recovery_supported:
+            if recovery_shares < 1:
+                raise InvalidRequest("recovery configuration must specify a positive number of shares")
+            try:
+                SealConfig(recovery_shares, recovery_threshold).validate()
+            except SealConfigError as e:
+                raise InvalidRequest(f"invalid recovery configuration: {e}") from None
+        else:
+            check_shares(secret_shares, secret_threshold)
+
+    async def prepare_init(self) -> None:
+        """Connect to the HSM before init writes anything (InvalidRequest when unavailable)."""
+        await self.mode()
+        if self._seal is not None:
+            try:
+                await self._ensure_ready(self._seal)
+            except SealError as e:
+                self._report(e)
+                raise InvalidRequest(f"error initializing seal: {e}") from None
+
+    async def wrap_new_root_key(self, root_key: bytes, secret_shares: int, secret_threshold: int, *,
+                                recovery_shares: int = 0, recovery_threshold: int = 0) -> InitKeys:
+        """Protect a new root key; returns the shares to hand out and the seal config.
+
+        Shamir: a fresh KEK wraps the root key and is split into unseal shares. HSM: the
+        HSM encrypts the root key, and a fresh recovery key is split into recovery shares
+        and stored HSM-encrypted with its config. The caller stores the returned config
+        with :meth:`store_config` once init has fully succeeded.
         """
-        check_shares(secret_shares, secret_threshold)
-        kek = os.urandom(32)
-        shares = [kek] if secret_shares == 1 else split(kek, secret_shares, secret_threshold)
-        await self._barrier.raw_put(ROOT_KEY_KEY, wrap_root_key(kek, root_key))
-        return shares, SealConfig(type="shamir", secret_shares=secret_shares, secret_threshold=secret_threshold)
+        if self._seal is None:
+            check_shares(secret_shares, secret_threshold)
+            kek = bytearray(os.urandom(32))
+            try:
+                shares = [bytes(kek)] if secret_shares == 1 else split(bytes(kek), secret_shares, secret_threshold)
+                await self._barrier.raw_put(ROOT_KEY_KEY, wrap_root_key(bytes(kek), root_key))
+            finally:
+                _zero(kek)
+            return InitKeys(shares, [], SealConfig(type=SEAL_TYPE_SHAMIR, secret_shares=secret_shares,
+                                                   secret_threshold=secret_threshold))
+        recovery_key = bytearray(os.urandom(32))
+        try:
+            rk = bytes(recovery_key)
+            shares = [rk] if recovery_shares == 1 else split(rk, recovery_shares, recovery_threshold)
+            root_blob = await self._encrypt(self._seal, root_key, HSM_ROOT_KEY_KEY)
+            rec_blob = await self._encrypt(self._seal, rk, RECOVERY_KEY_KEY)
+        finally:
+            _zero(recovery_key)
+        rec_cfg = SealConfig(type=SEAL_TYPE_SHAMIR, secret_shares=recovery_shares, secret_threshold=recovery_threshold)
+        await self._barrier.raw_put(HSM_ROOT_KEY_KEY, root_blob)
+        await self._barrier.raw_put(RECOVERY_KEY_KEY, rec_blob)
+        await self._barrier.raw_put(RECOVERY_CONFIG_KEY, rec_cfg.to_bytes())
+        self._recovery = rec_cfg
+        cfg = SealConfig(type=self._seal.seal_type, secret_shares=1, secret_threshold=1, stored_shares=1)
+        return InitKeys([], shares, cfg)
 
     async def store_config(self, cfg: SealConfig) -> None:
         """Persist the seal configuration: from now on the node counts as initialized."""
         await self._barrier.raw_put(SEAL_CONFIG_KEY, cfg.to_bytes())
         self._config = cfg
 
-    def reset_progress(self) -> None:
-        """Forget the shares submitted so far."""
-        if self._progress is not None:
-            self._progress.reset()
-        self._progress = None
+    # ---- unseal ---------------------------------------------------------------------------------
 
-    async def submit_share(self, key: str) -> bytes | None:
-        """Add one share (hex or base64); the root key once the threshold is reached.
+    async def submit_share(self, key: str, *, migrate: bool = False) -> bytes | None:
+        """Add one unseal or recovery share; the root key once the threshold is reached.
 
-        InvalidRequest for a malformed share or a combination that does not unwrap the
-        root key (progress is reset); NotInitialized before init.
+        Shamir: unseal shares. HSM seal: recovery shares, verified against the stored
+        recovery key, then the HSM decrypts the root key. With a migration pending,
+        ``migrate`` must be set; the migration itself runs in :meth:`after_unseal`.
+        Raises InvalidRequest (bad share, wrong combination, migrate misuse),
+        InternalError (HSM unavailable), NotInitialized.
         """
-        cfg = await self.config()
-        if cfg is None:
+        mode = await self.mode()
+        if mode.kind == "uninitialized":
             raise NotInitialized()
+        if mode.kind == "error":
+            raise InternalError(mode.error)
+        if migrate and not mode.migrating:
+            raise InvalidRequest("can't perform a seal migration, no migration seal found")
+        if mode.migrating and not migrate:
+            raise InvalidRequest("migrate option not provided and seal migration is pending")
+        shares_cfg = await self._share_config(mode)
+        if shares_cfg is None:
+            raise InternalError("the recovery configuration is missing from storage")
         share = decode_key(key)
         if self._progress is None:
-            self._progress = UnsealProgress(cfg.secret_threshold)
+            self._progress = UnsealProgress(shares_cfg.secret_threshold)
         try:
-            kek = self._progress.add(share)
+            combined = self._progress.add(share)
         except ShareError as e:
             self.reset_progress()
             raise InvalidRequest(str(e)) from None
-        if kek is None:
+        if combined is None:
             return None
         self._progress = None
+        secret = bytearray(combined)
+        try:
+            if mode.kind in ("shamir", "to_auto"):
+                root = await self._root_from_shamir(bytes(secret))
+                if mode.kind == "to_auto":
+                    assert self._seal is not None
+                    await self._available(self._seal, "the new seal")
+                    self._pending = ("to_auto", bytearray(secret))
+                return root
+            seal = self._seal if mode.kind == "auto" else self._old
+            assert seal is not None
+            await self._available(seal, "the seal")
+            await self._verify_recovery_key(seal, bytes(secret))
+            root = await self._root_from_seal(seal)
+            if mode.kind == "to_shamir":
+                self._pending = ("to_shamir", bytearray(secret))
+            return root
+        finally:
+            _zero(secret)
+
+    async def _root_from_shamir(self, kek: bytes) -> bytes:
         blob = await self._barrier.raw_get(ROOT_KEY_KEY)
         if blob is None:
             raise InvalidRequest("stored root key is missing")
@@ -142,3 +223,159 @@ class SealManager:
             return unwrap_root_key(kek, blob)
         except RootKeyUnwrapError:
             raise InvalidRequest("Error unsealing: failed to decrypt the root key: invalid key or key combination") from None
+
+    async def _verify_recovery_key(self, seal: AsyncSeal, key: bytes) -> None:
+        blob = await self._barrier.raw_get(RECOVERY_KEY_KEY)
+        if blob is None:
+            raise InternalError("the recovery key is missing from storage")
+        stored = await self._decrypt(seal, blob, RECOVERY_KEY_KEY)
+        if not hmac.compare_digest(stored, key):
+            raise InvalidRequest("recovery key verification failed: recovery key does not match submitted values")
+
+    async def verify_recovery_key(self, key: bytes) -> None:
+        """Raise InvalidRequest unless ``key`` is the recovery key (for generate-root/rekey)."""
+        mode = await self.mode()
+        seal = self._seal if mode.kind == "auto" else self._old if mode.kind == "to_shamir" else None
+        if seal is None:
+            raise InvalidRequest("recovery keys are not supported by the current seal type")
+        await self._available(seal, "the seal")
+        await self._verify_recovery_key(seal, key)
+
+    async def set_recovery_key(self, key: bytes, cfg: SealConfig) -> None:
+        """Store a new recovery key and config (rekey of the recovery key; HSM seal only)."""
+        if self._seal is None:
+            raise InvalidRequest("recovery keys are not supported by the current seal type")
+        blob = await self._encrypt(self._seal, key, RECOVERY_KEY_KEY)
+        await self._barrier.raw_put(RECOVERY_KEY_KEY, blob)
+        await self._barrier.raw_put(RECOVERY_CONFIG_KEY, cfg.to_bytes())
+        self._recovery = cfg
+
+    async def _root_from_seal(self, seal: AsyncSeal) -> bytes:
+        blob = await self._barrier.raw_get(HSM_ROOT_KEY_KEY)
+        if blob is None:
+            e = SealDecryptError("stored unseal keys are supported, but none were found")
+            self._report(e)
+            raise InternalError(str(e))
+        return await self._decrypt(seal, blob, HSM_ROOT_KEY_KEY)
+
+    async def try_auto_unseal(self) -> bytes | None:
+        """The root key from the HSM, or None (not initialized, Shamir, migration pending,
+        or the HSM failed: then :attr:`last_error` says why and one log line was written)."""
+        mode = await self.mode()
+        if mode.kind == "error":
+            self._report(SealUnavailable(mode.error, fatal=True))
+            return None
+        if mode.kind != "auto" or self._seal is None:
+            return None
+        try:
+            await self._ensure_ready(self._seal)
+        except SealError as e:
+            self._report(e)
+            return None
+        try:
+            return await self._root_from_seal(self._seal)
+        except InternalError:  # reported where it failed
+            return None
+
+    async def after_unseal(self) -> None:
+        """Run once the barrier is unsealed: finish a pending migration (errors propagate:
+        the caller seals again), then re-wrap values made by a rotated-out HSM key."""
+        from vaultraft.core.seal_lifecycle import finish_migration, rewrap_stale
+
+        self._last_error = ""
+        self._fatal = False
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            kind, secret = pending
+            try:
+                await finish_migration(self, self._barrier, kind, bytes(secret))
+            finally:
+                _zero(secret)
+                self._config = None
+                self._recovery = None
+            await self.mode()
+        if self._stale:
+            stale, self._stale = dict(self._stale), {}
+            await rewrap_stale(self, self._barrier, stale)
+
+    async def on_sealed(self) -> None:
+        """The node sealed: stop the health monitor, drop progress and pending secrets."""
+        self.reset_progress()
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            _zero(pending[1])
+        task, self._monitor = self._monitor, None
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+
+    # ---- background: auto-unseal retries and the health monitor ----------------------------------
+
+    def start_auto_unseal(self, unseal: Callable[[], Awaitable[None]]) -> asyncio.Task[None] | None:
+        """With an HSM seal, call ``unseal`` (core's auto-unseal) now and every 5 s while
+        sealed; stops after success or a failure retrying cannot fix (wrong PIN). None
+        under Shamir. Requires a running loop."""
+        self._unseal_cb = unseal
+        if self._seal is None:
+            return None
+        if self._auto_task is None or self._auto_task.done():
+            self._auto_task = asyncio.get_running_loop().create_task(self._auto_unseal_loop(), name="auto_unseal")
+        return self._auto_task
+
+    async def _auto_unseal_loop(self) -> None:
+        while self._unseal_cb is not None:
+            if self._barrier.sealed:
+                try:
+                    await self._unseal_cb()
+                except NotInitialized:
+                    pass  # another node may initialize the shared storage: keep polling quietly
+                except Exception as e:  # the log line was written where it failed
+                    if not self._last_error:
+                        log.error("auto_unseal_failed", error=str(e) or type(e).__name__)
+                        self._last_error = str(e) or type(e).__name__
+            if not self._barrier.sealed:
+                return
+            if self._fatal:
+                log.warning("auto_unseal_stopped", reason="fix the seal configuration and restart")
+                return
+            await asyncio.sleep(AUTO_UNSEAL_RETRY)
+
+    def start_health_monitor(self, on_failure: Callable[[], Awaitable[None]]) -> None:
+        """While unsealed with an HSM in force, round-trip through it every
+        :attr:`health_interval` s; if it fails twice in a row, log once and call
+        ``on_failure`` (core's seal), then resume auto-unseal retries."""
+        if self._wrap_seal is None or (self._monitor is not None and not self._monitor.done()):
+            return
+        self._monitor = asyncio.get_running_loop().create_task(self._health_loop(on_failure), name="seal_health")
+
+    async def _health_loop(self, on_failure: Callable[[], Awaitable[None]]) -> None:
+        while True:
+            await asyncio.sleep(self.health_interval)
+            seal = self._wrap_seal
+            if seal is None:
+                return
+            try:
+                await seal.health_check()
+                continue
+            except SealError:
+                await asyncio.sleep(min(1.0, self.health_interval))
+            try:
+                await seal.health_check()
+                continue
+            except SealError as e:
+                self._ready.clear()
+                log.error("seal_unavailable", error=str(e), action="sealing: the HSM is needed to keep keys usable")
+                self._last_error = str(e)
+            self._monitor = None
+            await on_failure()
+            if self._unseal_cb is not None:
+                self.start_auto_unseal(self._unseal_cb)
+            return
+
+    async def shutdown(self) -> None:
+        """Stop background tasks and close HSM sessions (server exit)."""
+        self._unseal_cb = None
+        for task in (self._monitor, self._auto_task):
+            if task is not None and task is not asyncio.current_task():
+                task.cancel()
+        for seal in {id(s): s for s in (self._seal, self._old) if s is not None}.values():
+            seal.shutdown()

@@ -11,7 +11,8 @@ from typing import Sequence
 
 from vaultraft.barrier import Barrier, BarrierSealed
 from vaultraft.barrier.aes_gcm import SealWrapper
-from vaultraft.logical import InternalError, Sealed, StorageEntry, WriteOp
+from vaultraft.logical import InternalError, NotLeader, Sealed, StorageEntry, Unavailable, WriteOp
+from vaultraft.raft.node import CommitTimeout, ConsensusStopped, NotLeaderError, RaftError
 
 
 class BarrierView:

@@ -195,9 +195,9 @@ class ApiHandler:
         return _json(resp.status or 200, envelope(resp, request_id, mount_type), headers)
 
 
-def build_app(core: Core) -> web.Application:
+def build_app(core: Core, *, max_request_size: int = MAX_REQUEST_SIZE) -> web.Application:
     """The aiohttp application serving Vault's API for ``core``."""
-    app = web.Application(client_max_size=MAX_REQUEST_SIZE)
+    app = web.Application(client_max_size=max_request_size)
     handler = ApiHandler(core)
     app.router.add_route("*", "/v1/{path:.*}", handler)
 

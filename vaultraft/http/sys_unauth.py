@@ -35,36 +35,50 @@ def _bool(body: dict[str, Any], name: str) -> bool:
 
 
 async def init(core: Core, method: str, body: dict[str, Any]) -> tuple[int, Any]:
-    """GET: initialization status. PUT/POST: initialize."""
+    """GET: initialization status. PUT/POST: initialize (Vault's sys/init).
+
+    Shamir takes secret_shares/secret_threshold and returns ``keys``; an HSM seal takes
+    recovery_shares/recovery_threshold, returns ``recovery_keys`` (``keys`` empty) and
+    leaves the node unsealed.
+    """
     if method in ("GET", "HEAD"):
         return 200, {"initialized": await core.initialized()}
     if method not in ("PUT", "POST"):
         raise UnsupportedOperation()
-    if body.get("pgp_keys") or body.get("root_token_pgp_key"):
-        raise InvalidRequest("pgp_keys and root_token_pgp_key are not supported yet")
-    if body.get("recovery_shares") or body.get("stored_shares"):
-        raise InvalidRequest("recovery keys are only available with an auto-unseal seal")
-    shares = _int(body, "secret_shares", 0)
-    threshold = _int(body, "secret_threshold", 0)
-    result = await core.initialize(shares, threshold)
-    return 200, {
+    if body.get("pgp_keys") or body.get("root_token_pgp_key") or body.get("recovery_pgp_keys"):
+        raise InvalidRequest("pgp_keys, recovery_pgp_keys and root_token_pgp_key are not supported yet")
+    if _int(body, "stored_shares", 0) > 1:
+        raise InvalidRequest("invalid seal configuration: stored keys cannot be larger than 1")
+    result = await core.initialize(
+        _int(body, "secret_shares", 0),
+        _int(body, "secret_threshold", 0),
+        recovery_shares=_int(body, "recovery_shares", 0),
+        recovery_threshold=_int(body, "recovery_threshold", 0),
+    )
+    out: dict[str, Any] = {
         "keys": [k.hex() for k in result.keys],
         "keys_base64": [base64.b64encode(k).decode() for k in result.keys],
         "root_token": result.root_token,
     }
+    if result.recovery_keys:
+        out["recovery_keys"] = [k.hex() for k in result.recovery_keys]
+        out["recovery_keys_base64"] = [base64.b64encode(k).decode() for k in result.recovery_keys]
+    return 200, out
 
 
 async def unseal(core: Core, method: str, body: dict[str, Any]) -> tuple[int, Any]:
-    """Submit a key share (or reset); answers the seal status."""
+    """Submit a key share (a recovery share with an HSM seal), or reset; answers the seal
+    status. ``migrate: true`` is required on every share while a seal migration is pending."""
     if method not in ("PUT", "POST"):
         raise UnsupportedOperation()
     reset = _bool(body, "reset")
+    migrate = _bool(body, "migrate")
     key = body.get("key")
     if key is not None and not isinstance(key, str):
         raise InvalidRequest("'key' must be a string")
     if not reset and not key:
         raise InvalidRequest("'key' must be specified in request body as JSON, or 'reset' set to true")
-    await core.unseal(key, reset=reset)
+    await core.unseal(key, reset=reset, migrate=migrate)
     return 200, await core.seal_status()
 
 

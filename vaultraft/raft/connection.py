@@ -271,6 +271,10 @@ class TlsConnection:
             if err or event & POLL_EVENT_TYPE.ERROR:
                 self.disconnect()
                 return
+            try:
+                self._sock.getpeername()
+            except OSError:
+                return  # a stale event for a reused descriptor: the connect is still pending
             self._start_tls()
         elif self._state == ConnState.HANDSHAKING:
             self._handshake()
@@ -403,7 +407,7 @@ class TlsConnection:
             del buf[:_HEADER + size]
             try:
                 message = decode_body(body)
-            except Exception as e:  # msgpack raises several unrelated types on bad input
+            except (ValueError, TypeError, msgpack.UnpackException) as e:
                 throttled_log("warning", "raft_frame_undecodable", peer=self.peer_id, reason=type(e).__name__)
                 self.disconnect()
                 return False

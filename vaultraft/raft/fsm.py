@@ -32,20 +32,29 @@ class StateMachine:
         self.failed: str | None = None  # set when the store itself can no longer apply
 
     def apply(self, raw: bytes, index: int, term: int = 0) -> list[ApplyResult]:
-        """Apply the command ``raw`` as log entry ``index``; never raises."""
+        """Apply the command ``raw`` as log entry ``index``; never raises.
+
+        After a storage failure nothing more is applied (the stored index stays before the
+        failed entry, so a restart replays from there instead of silently skipping it).
+        """
+        if self.failed is not None:
+            return [ApplyResult(index, "storage failure on this node")]
         try:
             cmd = Command.decode(raw)
         except CommandDecodeError as e:
             return self._record_failure(index, term, str(e))
         batches: Sequence[Batch] = cmd.batches if cmd.kind is CommandKind.BATCHES else ()
+        replay = index <= self.store.applied_index()  # journal replay after a restart: writes nothing
         try:
             results = self._apply_with_growth(index, term, batches)
         except Exception as e:  # disk full, I/O error: this node can no longer follow the log
             self.failed = f"{type(e).__name__}: {e}"
             log.critical("raft_apply_failed", index=index, error=type(e).__name__)
             return [ApplyResult(index, "storage failure on this node") for _ in batches]
-        if self.observer is not None and batches:
+        if self.observer is not None and batches and not replay:
             keys = [op.key for b, r in zip(batches, results) if r.error is None and r.index == index for op in b.ops]
+            if not keys:
+                return results
             try:
                 self.observer(index, keys)
             except Exception as e:  # an observer must never break the state machine

@@ -369,10 +369,10 @@ def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
 
 def _pem_blocks(data: bytes) -> list[tuple[bytes, bytes]]:
     out = []
-    for m in re.finditer(rb"-----BEGIN ([A-Z ]+)-----\r?\n.*?-----END \1-----\r?\n?", data, re.S):
+    for m in re.finditer(rb"-----BEGIN ([A-Z ]+)-----\r?\n.*?-----END \1-----\r?\n?", data, re.DOTALL):
         out.append((m.group(1), m.group(0).strip() + b"\n"))
     return out
 
 
 def _now() -> datetime.datetime:
-    return datetime.datetime.now(datetime.timezone.utc)
+    return datetime.datetime.now(datetime.UTC)

@@ -28,7 +28,13 @@ from pysyncobj.monotonic import monotonic as monotonic_time
 from pysyncobj.node import TCPNode
 from pysyncobj.transport import Transport, TransportNotReadyError
 
-from vaultraft.raft.connection import ConnState, SocketOptions, TlsConnection, TlsServer, throttled_log
+from vaultraft.raft.connection import (
+    ConnState,
+    SocketOptions,
+    TlsConnection,
+    TlsServer,
+    throttled_log,
+)
 from vaultraft.raft.tls import NodeCert, client_context, server_context
 
 #: Largest hello (the peer's address string) accepted on a fresh incoming connection.
@@ -236,7 +242,8 @@ class TlsTransport(Transport):  # type: ignore[misc]  # pysyncobj ships no type 
         if old is not None and old is not conn:
             old.disconnect()  # superseded: the peer reconnected
         conn.send(HELLO_ACCEPTED)
-        self._onNodeConnected(node)
+        if conn.authenticated:
+            self._onNodeConnected(node)
 
     def _peerMatches(self, conn: TlsConnection, address: str) -> bool:
         policy = self.settings.expected_peer_id
@@ -244,7 +251,7 @@ class TlsTransport(Transport):  # type: ignore[misc]  # pysyncobj ships no type 
             return True
         try:
             expected = policy(address)
-        except Exception:  # a failing policy must fail closed, not wedge the Raft thread
+        except Exception:  # noqa: BLE001 - a failing policy must fail closed, not wedge the Raft thread
             return False
         return expected is None or conn.peer_id == expected
 
@@ -299,7 +306,14 @@ class TlsTransport(Transport):  # type: ignore[misc]  # pysyncobj ships no type 
             throttled_log("warning", "raft_peer_message_rejected", peer=conn.peer_id, reason=problem)
             conn.disconnect()
             return
-        self._onMessageReceived(node, message)
+        try:
+            self._onMessageReceived(node, message)
+        except Exception as e:  # noqa: BLE001
+            # pysyncobj raised while handling a well-formed message (e.g. its chunked large-entry
+            # path can unpickle a truncated buffer). Keep the connection's frame loop intact; log
+            # only types, never the exception text, which may quote replicated data.
+            throttled_log("error", "raft_message_handler_failed", peer=conn.peer_id,
+                          message_type=message["type"], error=type(e).__name__)
 
     def _onDisconnected(self, conn: TlsConnection) -> None:
         self._unknown.discard(conn)

@@ -13,9 +13,9 @@ if TYPE_CHECKING:
     from vaultraft.core.core import Core
 
 
-def rfc3339(ts: float) -> str:
-    """UTC RFC 3339 with nanoseconds, as Go formats time.Time."""
-    t = dt.datetime.fromtimestamp(ts, tz=dt.timezone.utc)
+def rfc3339(ts: float | dt.datetime) -> str:
+    """UTC RFC 3339 with nanoseconds, as Go formats time.Time (epoch seconds or datetime)."""
+    t = ts.astimezone(dt.timezone.utc) if isinstance(ts, dt.datetime) else dt.datetime.fromtimestamp(ts, tz=dt.timezone.utc)
     return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond:06d}000Z"
 
 

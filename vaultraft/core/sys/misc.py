@@ -23,6 +23,10 @@ async def leader_status(core: "Core") -> dict[str, Any]:
     """Vault's ``sys/leader`` body for this node."""
     applied = core.physical.applied_index()
     raft = core.cluster.raft
+    if raft is None:  # not HA (inmem): Vault reports no leader and no raft indexes
+        return {"ha_enabled": False, "is_self": False, "active_time": "0001-01-01T00:00:00Z",
+                "leader_address": "", "leader_cluster_address": "", "performance_standby": False,
+                "performance_standby_last_remote_wal": 0}
     body: dict[str, Any] = {
         "ha_enabled": raft is not None,
         "is_self": core.active,
@@ -31,10 +35,10 @@ async def leader_status(core: "Core") -> dict[str, Any]:
         "leader_cluster_address": core.settings.cluster_addr if core.active else "",
         "performance_standby": core.ha_role() == "perf_standby",
         "performance_standby_last_remote_wal": 0,
-        "raft_committed_index": raft.commit_index() if raft is not None else applied,
+        "raft_committed_index": raft.commit_index(),
         "raft_applied_index": applied,
     }
-    if raft is not None and not core.active and not core.sealed:
+    if not core.active and not core.sealed:
         try:
             info = await core.leader_info()
         except Exception:  # sealed meanwhile

@@ -18,7 +18,15 @@ import structlog
 from vaultraft.logical import StorageEntry, StorageView
 from vaultraft.raft.node import RaftPhysical
 from vaultraft.raft.tls import ClusterCA, NodeCert
-from vaultraft.raft.transport import make_transport_class
+from vaultraft.raft.transport import make_transport_class, node_id_is_address
+
+#: Largest Raft frame: a full append batch plus one maximal request (32 MiB).
+MAX_FRAME_BYTES = 48 << 20
+
+
+def cluster_transport(cert: NodeCert) -> type:
+    """The mutual-TLS pysyncobj transport for ``cert`` (peer identity = Raft address)."""
+    return make_transport_class(cert, max_frame_bytes=MAX_FRAME_BYTES, expected_peer_id=node_id_is_address)
 from vaultraft.storage import Physical
 
 log = structlog.get_logger("vaultraft.core")
@@ -61,8 +69,10 @@ class ClusterLink:
     def _transport(self, ca: ClusterCA) -> type:
         assert self.raft is not None
         host = self.raft.self_addr.rsplit(":", 1)[0].strip("[]")
-        cert: NodeCert = ca.issue(self.raft.node_id, ips=[host] if _is_ip(host) else [])
-        return make_transport_class(cert)
+        # A node's certificate names its Raft address, so a peer can check that whoever
+        # dials in as "host:port" really holds the certificate for that address.
+        cert: NodeCert = ca.issue(self.raft.self_addr, ips=[host] if _is_ip(host) else [])
+        return cluster_transport(cert)
 
     async def start_for_init(self, cluster_id: str) -> None:
         """Before init: a fresh cluster CA and a single-node group that elects itself."""

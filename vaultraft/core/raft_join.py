@@ -34,7 +34,6 @@ from vaultraft.barrier import KEYRING_PATH, Barrier
 from vaultraft.core.seal_manager import ROOT_KEY_KEY, decode_key
 from vaultraft.logical import InvalidRequest, PermissionDenied
 from vaultraft.raft.tls import NodeCert, generate_key_pair
-from vaultraft.raft.transport import make_transport_class
 from vaultraft.seal.shamir_seal import RootKeyUnwrapError, SealConfig, ShareError, UnsealProgress, unwrap_root_key
 from vaultraft.storage import Batch, Op
 from vaultraft.storage.local import LocalPhysical
@@ -179,7 +178,9 @@ class Joiner:
         cert = NodeCert(cert_pem=d["tls_cert"].encode(), key_pem=private_pem, ca_pem=d["ca_cert"].encode())
         peers = [str(x) for x in d["peers"] if str(x) != cluster_addr]
         log.info("raft_join_answer_accepted", peers=len(peers))
-        return make_transport_class(cert), peers
+        from vaultraft.core.cluster import cluster_transport
+
+        return cluster_transport(cert), peers
 
 
 async def retry_until(fn: Any, *, stop: asyncio.Event, interval: float = JOIN_RETRY) -> None:

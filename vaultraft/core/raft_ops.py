@@ -137,7 +137,7 @@ async def accept_answer(core: "Core", body: dict[str, Any]) -> dict[str, Any]:
     core.challenges.verify(server_id, answer)
     ca = await core.cluster.load_ca(core.unsealed.sys_view)
     host = cluster_addr.rsplit(":", 1)[0].strip("[]")
-    cert = ca.issue(server_id, public_key.encode(), ips=[host] if _is_ip(host) else [])
+    cert = ca.issue(cluster_addr, public_key.encode(), ips=[host] if _is_ip(host) else [])
     peers = sorted(set(raft.status().peers) | {raft.self_addr})
     # Record the node while the current configuration can still commit it; the joiner
     # must be running before a configuration that includes it can commit anything.

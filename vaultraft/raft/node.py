@@ -193,7 +193,7 @@ class RaftPhysical:
             autoTickPeriod=0.01,
             leaderFallbackTimeout=t.election_min,
             appendEntriesUseBatch=False,
-            appendEntriesBatchSizeBytes=4 << 20,
+            appendEntriesBatchSizeBytes=1 << 20,
             logCompactionMinEntries=t.log_compaction_entries,
             logCompactionMinTime=t.log_compaction_seconds,
             connectionTimeout=max(3.5, t.election_max * 3),

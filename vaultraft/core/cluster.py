@@ -15,8 +15,8 @@ from typing import Any, Callable
 
 import structlog
 
-from vaultraft.logical import StorageEntry, StorageView
-from vaultraft.raft.node import RaftPhysical
+from vaultraft.logical import NotLeader, StorageEntry, StorageView, Unavailable
+from vaultraft.raft.node import CommitTimeout, ConsensusStopped, NotLeaderError, RaftPhysical
 from vaultraft.raft.tls import ClusterCA, NodeCert
 from vaultraft.raft.transport import make_transport_class, node_id_is_address
 
@@ -122,6 +122,17 @@ class ClusterLink:
         if not self.raft.known_peers():
             return LEASE_WAIT
         return self.raft.tuning.election_max * 3
+
+    async def read_barrier(self) -> None:
+        """Before a read on the active node: prove leadership (no stale leader reads)."""
+        if self.raft is None:
+            return
+        try:
+            await self.raft.read_barrier()
+        except (NotLeaderError, ConsensusStopped):
+            raise NotLeader(None, "this node is no longer the active node") from None
+        except CommitTimeout:
+            raise Unavailable("could not confirm leadership with a quorum in time") from None
 
     def is_active(self) -> bool:
         """Whether this node may act as the active node right now."""

@@ -280,6 +280,8 @@ class Core:
                 # the read needed a write (e.g. a token's last use): let the active node do it
                 info = await self.leader_info()
                 raise NotLeader(info.api_addr if info else None) from None
+        if req.operation in _LOCAL_OPS:
+            await self.cluster.read_barrier()
         return await handle_request(self, req)
 
     async def _wait_for_index(self, req: Request) -> None:

@@ -140,11 +140,13 @@ def install_snapshot(path: str, store: LMDBStore, *, force: bool = False) -> boo
     return True
 
 
-def pysyncobj_hooks(store: LMDBStore, make_node: Callable[[str], Any]) -> tuple[Callable[..., None], Callable[[str], Any]]:
+def pysyncobj_hooks(store: LMDBStore, make_node: Callable[[str], Any],
+                    on_install: Callable[[], None] | None = None) -> tuple[Callable[..., None], Callable[[str], Any]]:
     """The ``serializer`` / ``deserializer`` pair for ``SyncObjConf``.
 
     pysyncobj calls ``serializer(tmp_path, (last_entry, prev_entry, cluster_nodes))`` and
-    ``deserializer(path) -> (last_entry, prev_entry, cluster_nodes)``.
+    ``deserializer(path) -> (last_entry, prev_entry, cluster_nodes)``. ``on_install`` runs
+    after a snapshot replaced the store (caches built on the old state must be dropped).
     """
 
     def serializer(tmp_path: str, data: tuple[Entry, Entry, Iterable[Any]]) -> None:
@@ -162,7 +164,8 @@ def pysyncobj_hooks(store: LMDBStore, make_node: Callable[[str], Any]) -> tuple[
             addrs = [a for a in header.get("cluster", []) if isinstance(a, str)]
         except (KeyError, TypeError, ValueError, IndexError):
             raise SnapshotError("malformed snapshot header") from None
-        install_snapshot(path, store)
+        if install_snapshot(path, store) and on_install is not None:
+            on_install()
         nodes = {make_node(a) for a in addrs}
         return (last[0], last[1], last[2]), (prev[0], prev[1], prev[2]), nodes
 

@@ -9,16 +9,19 @@ and directories so a later command can act on the running cluster; ``init.json``
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cluster import partition
 from cluster.node import Node, free_port, vaultraft_exe
 
 STATE_VERSION = 1
@@ -82,6 +85,7 @@ class ClusterNode(Node):
             self.write_config()
         cmd = [vaultraft_exe(), "server", f"-config={self.config_path}", *args]
         if self.cgroup is not None:  # join the cgroup first, so every socket is created inside it
+            self.cgroup.mkdir(exist_ok=True)
             cmd = ["/bin/sh", "-c", 'echo $$ > "$0/cgroup.procs" && exec "$@"', str(self.cgroup), *cmd]
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
@@ -144,7 +148,13 @@ class ClusterNode(Node):
         return {"name": self.name, "api_port": self.port, "cluster_port": self.cluster_port,
                 "api_addr": self.addr, "workdir": str(self.workdir), "data_dir": str(self.data_dir),
                 "config": str(self.config_path), "log": str(self.log_path),
-                "pid": self.pid if self.alive() else None}
+                "pid": self.pid if self.alive() else None, "cgroup": str(self.cgroup) if self.cgroup else None}
+
+    def endpoint(self) -> partition.Endpoint:
+        """This node as the partition module sees it."""
+        root = partition.cgroup2_root()
+        rel = str(self.cgroup.relative_to(root)) if self.cgroup is not None and root is not None else None
+        return partition.Endpoint(self.name, self.port, self.cluster_port, self.pid if self.alive() else None, rel)
 
 
 @dataclass
@@ -157,7 +167,11 @@ class InitOutput:
 
 @dataclass
 class LocalCluster:
-    """``size`` nodes under ``workdir``; ports from ``base_port`` (+10 per node) or free ones."""
+    """``size`` nodes under ``workdir``; ports from ``base_port`` (+10 per node) or free ones.
+
+    With ``cgroups`` (root, cgroup2) every node starts in its own cgroup, so that
+    :meth:`partition` can cut it off from its peers with iptables.
+    """
 
     workdir: Path
     size: int = 3
@@ -166,18 +180,30 @@ class LocalCluster:
     threshold: int = 2
     nodes: list[ClusterNode] = field(default_factory=list)
     init: InitOutput | None = None
+    cgroups: bool = False
 
     def __post_init__(self) -> None:
         self.workdir = Path(self.workdir).absolute()
         self.workdir.mkdir(parents=True, exist_ok=True)
-        if self.nodes:
-            return
-        for i in range(self.size):
-            if self.base_port is not None:
-                api, cl = self.base_port + 10 * i, self.base_port + 10 * i + 1
-            else:
-                api, cl = free_port(), free_port()
-            self.nodes.append(ClusterNode(self.workdir / f"node{i}", port=api, cluster_port=cl, name=f"node{i}"))
+        if not self.nodes:
+            for i in range(self.size):
+                if self.base_port is not None:
+                    api, cl = self.base_port + 10 * i, self.base_port + 10 * i + 1
+                else:
+                    api, cl = free_port(), free_port()
+                self.nodes.append(ClusterNode(self.workdir / f"node{i}", port=api, cluster_port=cl,
+                                              name=f"node{i}"))
+        if self.cgroups:
+            root = partition.cgroup2_root()
+            if root is None or not partition.cgroups_usable():
+                raise ClusterError("cgroups need root and a cgroup2 mount (for partition drills)")
+            for n in self.nodes:
+                n.cgroup = root / f"{self.tag}-{n.name}"
+
+    @property
+    def tag(self) -> str:
+        """A name unique to this cluster dir, used for its cgroups and iptables rules."""
+        return "vr-test-" + hashlib.sha256(str(self.workdir).encode()).hexdigest()[:8]
 
     @property
     def init_file(self) -> Path:
@@ -191,7 +217,7 @@ class LocalCluster:
 
     def save_state(self) -> None:
         """Write state.json (ports, pids, directories; atomically)."""
-        state = {"version": STATE_VERSION, "size": self.size, "base_port": self.base_port,
+        state = {"version": STATE_VERSION, "size": self.size, "base_port": self.base_port, "cgroups": self.cgroups,
                  "shares": self.shares, "threshold": self.threshold, "init_file": str(self.init_file),
                  "nodes": [n.to_state() for n in self.nodes]}
         tmp = self.state_file.with_suffix(".tmp")
@@ -211,13 +237,14 @@ class LocalCluster:
         nodes = [ClusterNode(Path(n["workdir"]), port=int(n["api_port"]), cluster_port=int(n["cluster_port"]),
                              name=str(n["name"]), pid=n.get("pid")) for n in st["nodes"]]
         c = cls(Path(workdir), size=len(nodes), base_port=st.get("base_port"), shares=int(st["shares"]),
-                threshold=int(st["threshold"]), nodes=nodes)
+                threshold=int(st["threshold"]), nodes=nodes, cgroups=bool(st.get("cgroups")))
         if c.init_file.exists():
             c.load_init()
         return c
 
     @classmethod
-    def open(cls, workdir: Path, size: int | None = None, base_port: int | None = None) -> "LocalCluster":
+    def open(cls, workdir: Path, size: int | None = None, base_port: int | None = None,
+             cgroups: bool = False) -> "LocalCluster":
         """The cluster in ``workdir`` if one was recorded (checking it matches), else a new one."""
         if (Path(workdir) / "state.json").exists():
             c = cls.load(workdir)
@@ -228,7 +255,7 @@ class LocalCluster:
                 raise ClusterError(f"the cluster in {workdir} uses base port {c.base_port}, not {base_port} "
                                    "(use `down --purge` first, or another --dir)")
             return c
-        return cls(Path(workdir), size=3 if size is None else size, base_port=base_port)
+        return cls(Path(workdir), size=3 if size is None else size, base_port=base_port, cgroups=cgroups)
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -261,9 +288,7 @@ class LocalCluster:
                 raise ClusterError(f"the cluster in {self.workdir} is initialized but {self.init_file} is "
                                    "missing: cannot unseal it")
             self.load_init()
-        members = [n for n in self.nodes if inited[n.name]]
-        for n in members:
-            self.unseal(n)
+        self.unseal_all([n for n in self.nodes if inited[n.name]])
         self.wait_active(timeout=60)
         for n in self.nodes:
             if not inited[n.name]:
@@ -323,6 +348,25 @@ class LocalCluster:
                 raise ClusterError(f"unseal of node on {node.port} failed: {code} {body}")
         return body
 
+    def unseal_all(self, nodes: list[ClusterNode] | None = None) -> None:
+        """Unseal ``nodes`` (default: all) concurrently: each unseal may wait for a leader."""
+        todo = self.nodes if nodes is None else nodes
+        errors: list[BaseException] = []
+
+        def one(n: ClusterNode) -> None:
+            try:
+                self.unseal(n)
+            except BaseException as e:  # re-raised below, in the caller's thread
+                errors.append(e)
+
+        threads = [threading.Thread(target=one, args=(n,), daemon=True) for n in todo]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if errors:
+            raise errors[0]
+
     def join(self, node: Node) -> None:
         """Join ``node`` to the cluster through the active node, then unseal it."""
         leader = self.active() or self.nodes[0]
@@ -338,6 +382,11 @@ class LocalCluster:
             n.signal(signal.SIGTERM)
         for n in self.nodes:
             n.stop()
+        if self.cgroups:
+            self.heal()
+            for n in self.nodes:
+                if n.cgroup is not None:
+                    partition.remove_cgroup(n.cgroup)
         if self.state_file.exists():
             self.save_state()
 
@@ -439,6 +488,24 @@ class LocalCluster:
             self.save_state()
         if unseal:
             self.unseal(node)
+
+
+    def partition(self, node: ClusterNode) -> int:
+        """Cut ``node`` off from its peers (clients still reach its API); rules added."""
+        if not node.alive():
+            raise ClusterError(f"{node.name} is not running")
+        try:
+            return partition.isolate(node.endpoint(), [n.endpoint() for n in self.nodes if n is not node],
+                                     f"{self.tag}-{node.name}")
+        except partition.PartitionError as e:
+            raise ClusterError(str(e)) from None
+
+    def heal(self, node: ClusterNode | None = None) -> int:
+        """Remove this cluster's partition rules (for ``node``, or all); how many."""
+        try:
+            return sum(partition.heal(f"{self.tag}-{n.name}") for n in ([node] if node else self.nodes))
+        except partition.PartitionError as e:
+            raise ClusterError(str(e)) from None
 
 
 def role_name(code: int | None) -> str:

@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import base64
 import os
-import resource
 import signal
 import ssl
 import sys
@@ -21,6 +20,8 @@ from vaultraft.config import ConfigError, ServerConfig, dev_config, load_config
 from vaultraft.config.model import ListenerConfig
 from vaultraft.core import Core, CoreSettings, raft_ops
 from vaultraft.core.raft_join import retry_until
+from vaultraft.core.seal_lifecycle import build_seal_manager
+from vaultraft.hardening import harden_process
 from vaultraft.core.mounts import new_entry
 from vaultraft.http import build_app
 from vaultraft.logical import VaultError
@@ -91,14 +92,6 @@ async def retry_join(core: Core, config: ServerConfig, stop: asyncio.Event) -> N
         return False
 
     await retry_until(attempt, stop=stop)
-
-
-def harden_process() -> None:
-    """Disable core dumps so key material never lands on disk through a crash."""
-    try:
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    except (ValueError, OSError):
-        log.warning("core_dump_disable_failed")
 
 
 async def start_dev(core: Core, opts: DevOptions) -> tuple[str, str]:
@@ -177,8 +170,11 @@ async def open_physical(config: ServerConfig) -> Physical:
 
 
 async def serve(config: ServerConfig, dev: DevOptions | None) -> int:
-    """Run the node until SIGINT/SIGTERM; returns the exit status."""
-    harden_process()
+    """Run the node until SIGINT/SIGTERM; returns the exit status.
+
+    Raises ConfigError for a seal stanza that cannot be used (before anything is written).
+    """
+    harden_process(disable_mlock=config.disable_mlock)
     st = config.storage
     physical = await open_physical(config)
     listener = config.listeners[0]
@@ -191,6 +187,12 @@ async def serve(config: ServerConfig, dev: DevOptions | None) -> int:
         cluster_addr=config.cluster_addr or f"https://{listener.cluster_address}",
         performance_standby=str(st.options.get("performance_standby", "false")).lower() in ("true", "1"),
     ))
+    if dev is None:
+        try:
+            core.seals = build_seal_manager(core.barrier, config.seal, config.migration_seal)
+        except BaseException:
+            await physical.close()
+            raise
     write_pid_file(config.pid_file)
     runner = web.AppRunner(build_app(core, max_request_size=listener.max_request_size), access_log=None,
                            handle_signals=False)
@@ -206,6 +208,8 @@ async def serve(config: ServerConfig, dev: DevOptions | None) -> int:
             key, token = await start_dev(core, dev)
             sys.stdout.write(dev_banner(dev.listen_address, key, token))
             sys.stdout.flush()
+        else:
+            core.seals.start_auto_unseal(lambda: core.unseal(None))
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -222,6 +226,7 @@ async def serve(config: ServerConfig, dev: DevOptions | None) -> int:
         await runner.cleanup()
         if not core.sealed:
             await core.seal()
+        await core.seals.shutdown()
         await physical.close()
     return 0
 
@@ -252,6 +257,9 @@ def run_server_cli(argv: list[str]) -> int:
     dev = DevOptions(args.dev_root_token_id, args.dev_listen_address) if args.dev else None
     try:
         return asyncio.run(serve(config, dev))
+    except ConfigError as e:
+        sys.stderr.write(f"Error loading configuration: {e}\n")
+        return 1
     except OSError as e:
         sys.stderr.write(f"Error starting server: {e.strerror or e}\n")
         return 1

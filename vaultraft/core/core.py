@@ -22,7 +22,7 @@ from vaultraft.core.cluster import LEADER_KEY, ROLE_POLL, ClusterLink, LeaderInf
 from vaultraft.core.raft_join import ChallengeIssuer, Joiner
 from vaultraft.core.mounts import MountEntry, MountTable, Route, Router, new_entry
 from vaultraft.core.policy_store import PolicyStore
-from vaultraft.core.seal_manager import SealManager, check_shares
+from vaultraft.core.seal_manager import SealManager
 from vaultraft.core.tokens import TokenEntry, TokenStore
 from vaultraft.core.views import BarrierView
 from vaultraft.engines import BUILTIN_ENGINES
@@ -483,7 +483,8 @@ class Core:
 
     def engine_view(self, entry: MountEntry) -> BarrierView:
         """The barrier view a secret-engine mount sees."""
-        return BarrierView(self.barrier, f"logical/{entry.uuid}/", local=entry.local or entry.type == "cubbyhole")
+        return BarrierView(self.barrier, f"logical/{entry.uuid}/", local=entry.local or entry.type == "cubbyhole",
+                           wrapper=self.seals if entry.seal_wrap else None)
 
     def mount_backend(self, entry: MountEntry) -> Backend:
         """Start the backend for ``entry`` and route to it; InvalidRequest for unknown types."""

@@ -96,8 +96,10 @@ class SealManager(SealState):
     def check_init_params(self, secret_shares: int, secret_threshold: int, recovery_shares: int,
                           recovery_threshold: int) -> None:
         """Vault's rule: barrier parameters with Shamir, recovery parameters with an HSM."""
-        barrier_flags = [n for n, v in (("secret_shares", secret_shares), ("secret_threshold", secret_threshold)) if v]
-        recovery_flags = [n for n, v in (("recovery_shares", recovery_shares), ("recovery_threshold", recovery_threshold)) if v]
+        barrier_flags = [n for n, v in (("secret_shares", secret_shares),
+                                        ("secret_threshold", secret_threshold)) if v]
+        recovery_flags = [n for n, v in (("recovery_shares", recovery_shares),
+                                         ("recovery_threshold", recovery_threshold)) if v]
         wrong = barrier_flags if self.recovery_supported else recovery_flags
         if wrong:
             raise InvalidRequest(f"parameters {','.join(wrong)} not applicable to seal type {self.configured_type}")
@@ -222,7 +224,8 @@ class SealManager(SealState):
         try:
             return unwrap_root_key(kek, blob)
         except RootKeyUnwrapError:
-            raise InvalidRequest("Error unsealing: failed to decrypt the root key: invalid key or key combination") from None
+            raise InvalidRequest("Error unsealing: failed to decrypt the root key: "
+                                 "invalid key or key combination") from None
 
     async def _verify_recovery_key(self, seal: AsyncSeal, key: bytes) -> None:
         blob = await self._barrier.raw_get(RECOVERY_KEY_KEY)

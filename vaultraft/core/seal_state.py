@@ -209,9 +209,8 @@ class SealState:
             return Mode("to_shamir", stored)
         self._wrap_seal = None
         return Mode("error", stored, f"storage is sealed by a {stored} seal but the configuration enables "
-                                     f"{configured}; to migrate, keep the {stored} seal stanza with disabled = \"true\"")
-
-    # ---- status --------------------------------------------------------------------------------
+                                     f"{configured}; to migrate, keep the {stored} seal stanza with "
+                                     'disabled = "true"')
 
     # ---- seal wrap (the barrier's keyring hook and BarrierView's wrapper) -----------------------
 
@@ -221,6 +220,7 @@ class SealState:
         if seal is None:
             return value
         try:
+            await self._ensure_ready(seal)
             return SEAL_WRAP_MAGIC + await seal.encrypt(value, path.encode())
         except SealError as e:
             self._report(e)
@@ -289,11 +289,12 @@ class SealState:
 
     def _report(self, e: SealError) -> None:
         """Record a failure; log it once per episode (a retry loop must not flood the log)."""
+        unavailable = isinstance(e, SealUnavailable)
         if isinstance(e, SealUnavailable):
             self._ready.clear()
             self._fatal = self._fatal or e.fatal
         if not self._last_error:
-            log.error("seal_unavailable", error=str(e))
+            log.error("seal_unavailable" if unavailable else "seal_decrypt_failed", error=str(e))
         self._last_error = str(e)
 
 

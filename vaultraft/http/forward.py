@@ -46,7 +46,8 @@ class Forwarder:
             self._session = aiohttp.ClientSession(timeout=self._timeout, auto_decompress=False)
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP}
         headers[FORWARDED_HEADER] = "1"
-        body = await request.read() if request.can_read_body else None
+        # read() returns the cached body when the handler already consumed it
+        body = await request.read() if request.method in ("POST", "PUT", "PATCH", "DELETE") else None
         url = leader_api_addr.rstrip("/") + request.path_qs
         try:
             async with self._session.request(request.method, url, headers=headers, data=body,

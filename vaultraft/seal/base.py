@@ -122,7 +122,8 @@ class AsyncSeal:
         try:
             return await asyncio.wait_for(fut, self.timeout)
         except asyncio.TimeoutError:
-            raise SealUnavailable(f"{self.seal_type} seal: the device did not answer within {self.timeout:g}s") from None
+            raise SealUnavailable(f"{self.seal_type} seal: the device did not answer "
+                                  f"within {self.timeout:g}s") from None
 
     async def setup(self) -> None:
         """See :meth:`AutoSeal.setup`."""

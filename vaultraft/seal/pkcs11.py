@@ -180,7 +180,8 @@ def _parse_blob(blob: bytes) -> dict[str, Any]:
         env: Any = msgpack.unpackb(blob[len(MAGIC):], raw=False, strict_map_key=True)
     except Exception:  # msgpack raises several unrelated types
         raise bad from None
-    kinds = {"v": int, "mech": int, "key": str, "kid": bytes, "hkey": str, "hmech": int, "iv": bytes, "ct": bytes, "mac": bytes}
+    kinds = {"v": int, "mech": int, "key": str, "kid": bytes, "hkey": str, "hmech": int,
+             "iv": bytes, "ct": bytes, "mac": bytes}
     if not isinstance(env, dict) or any(not isinstance(env.get(k), t) for k, t in kinds.items()):
         raise bad
     if env["v"] != _VERSION:
@@ -248,7 +249,8 @@ class Pkcs11Seal(AutoSeal):
             if Mechanism(mech) not in mechs:
                 raise SealUnavailable(f"pkcs11 seal: {cfg.token_desc} does not support {name}", fatal=True)
         self._keys = {cfg.key_label: self._find_key(cfg.key_label, hmac_key=False, generate=cfg.generate_key)}
-        self._hmac_keys = {cfg.hmac_key_label: self._find_key(cfg.hmac_key_label, hmac_key=True, generate=cfg.generate_key)}
+        hmac_key = self._find_key(cfg.hmac_key_label, hmac_key=True, generate=cfg.generate_key)
+        self._hmac_keys = {cfg.hmac_key_label: hmac_key}
 
     def _find_token(self, lib: Any) -> Any:
         import pkcs11
@@ -261,13 +263,15 @@ class Pkcs11Seal(AutoSeal):
                     raise SealUnavailable(f"pkcs11 seal: no slot {cfg.slot} in {cfg.lib}")
                 token = slots[0].get_token()
                 if cfg.token_label and str(token.label).strip() != cfg.token_label:
-                    raise SealUnavailable(f'pkcs11 seal: the token in slot {cfg.slot} is not labelled "{cfg.token_label}"')
+                    raise SealUnavailable(f"pkcs11 seal: the token in slot {cfg.slot} is not labelled "
+                                          f'"{cfg.token_label}"')
                 return token
             return lib.get_token(token_label=cfg.token_label)
         except pkcs11.NoSuchToken:
             raise SealUnavailable(f"pkcs11 seal: no {cfg.token_desc} found in {cfg.lib}") from None
         except pkcs11.MultipleTokensReturned:
-            raise SealUnavailable(f"pkcs11 seal: more than one {cfg.token_desc}; use slot to choose", fatal=True) from None
+            raise SealUnavailable(f"pkcs11 seal: more than one {cfg.token_desc}; use slot to choose",
+                                  fatal=True) from None
         except pkcs11.PKCS11Error as e:
             raise SealUnavailable(f"pkcs11 seal: cannot open {cfg.token_desc}: {_why(e)}") from None
 
@@ -283,9 +287,11 @@ class Pkcs11Seal(AutoSeal):
             # Login state is per process: another session of ours is already logged in.
             return token.open(rw=rw)
         except pkcs11.PinIncorrect:
-            raise SealUnavailable(f"pkcs11 seal: login to {where} failed: incorrect PIN (CKR_PIN_INCORRECT)", fatal=True) from None
+            raise SealUnavailable(f"pkcs11 seal: login to {where} failed: incorrect PIN (CKR_PIN_INCORRECT)",
+                                  fatal=True) from None
         except pkcs11.PinLocked:
-            raise SealUnavailable(f"pkcs11 seal: login to {where} failed: the user PIN is locked (CKR_PIN_LOCKED)", fatal=True) from None
+            raise SealUnavailable(f"pkcs11 seal: login to {where} failed: the user PIN is locked (CKR_PIN_LOCKED)",
+                                  fatal=True) from None
         except (pkcs11.PinInvalid, pkcs11.PinLenRange, pkcs11.PinExpired) as e:
             raise SealUnavailable(f"pkcs11 seal: login to {where} failed: {_why(e)}", fatal=True) from None
         except pkcs11.PKCS11Error as e:
@@ -397,7 +403,8 @@ class Pkcs11Seal(AutoSeal):
                 ct = key.encrypt(bytes(plaintext), mechanism=Mechanism(cfg.mechanism),
                                  mechanism_param=GCMParams(iv, bytes(aad), _TAG_BITS))
                 env: dict[str, Any] = {"v": _VERSION, "mech": cfg.mechanism, "key": cfg.key_label, "kid": kid,
-                                       "hkey": cfg.hmac_key_label, "hmech": cfg.hmac_mechanism, "iv": iv, "ct": bytes(ct)}
+                                       "hkey": cfg.hmac_key_label, "hmech": cfg.hmac_mechanism, "iv": iv,
+                                       "ct": bytes(ct)}
                 env["mac"] = bytes(hkey.sign(_mac_input(env, aad), mechanism=Mechanism(cfg.hmac_mechanism)))
             except pkcs11.PKCS11Error as e:
                 raise self._device_error("encrypt", e) from None
@@ -431,7 +438,8 @@ class Pkcs11Seal(AutoSeal):
                 plain = key.decrypt(env["ct"], mechanism=Mechanism(env["mech"]),
                                     mechanism_param=GCMParams(env["iv"], bytes(aad), _TAG_BITS))
             except (pkcs11.EncryptedDataInvalid, pkcs11.EncryptedDataLenRange):
-                raise SealDecryptError("pkcs11 seal: decryption failed: the stored value does not match its key") from None
+                raise SealDecryptError("pkcs11 seal: decryption failed: "
+                                       "the stored value does not match its key") from None
             except pkcs11.PKCS11Error as e:
                 raise self._device_error("decrypt", e) from None
         stale = env["key"] != cfg.key_label or env["hkey"] != cfg.hmac_key_label

@@ -288,3 +288,26 @@ def _check_root_key(root_key: bytes) -> None:
 def _check_raw_key(key: str) -> None:
     if key == KEYRING_PATH:
         raise BarrierError("the keyring is written only by the barrier")
+
+
+def decrypt_detached(root_key: bytes, keyring_blob: bytes, path: str, ciphertext: bytes) -> bytes:
+    """Decrypt one barrier ciphertext with a keyring record and the root key, without a store.
+
+    For a node joining a Raft cluster: it holds the leader's sealed keyring and a
+    challenge encrypted by the leader's barrier, and proves it can unseal by opening
+    them. Raises BarrierInvalidKey (wrong root key) or BarrierDecryptError.
+    """
+    try:
+        if parse_header(keyring_blob) != KEYRING_TERM:
+            raise BarrierDecryptError("keyring record has a data term")
+        plain = open_with(AESGCM(bytes(root_key)), _KEYRING_AAD, keyring_blob)
+    except BarrierDecryptError:
+        raise BarrierInvalidKey() from None
+    ring = Keyring.from_bytes(plain)
+    try:
+        term = parse_header(ciphertext)
+        if term not in ring.keys:
+            raise BarrierDecryptError(f"no decryption key available for term {term}")
+        return open_with(AESGCM(bytes(ring.keys[term].key)), path.encode("utf-8"), ciphertext)
+    finally:
+        ring.zero()

@@ -30,13 +30,12 @@ from typing import Any
 import aiohttp
 import structlog
 
-from vaultraft.barrier import KEYRING_PATH, Barrier
-from vaultraft.core.seal_manager import ROOT_KEY_KEY, decode_key
+from vaultraft.barrier import Barrier, decrypt_detached
+from vaultraft.barrier.errors import BarrierError
+from vaultraft.core.seal_manager import decode_key
 from vaultraft.logical import InvalidRequest, PermissionDenied
 from vaultraft.raft.tls import NodeCert, generate_key_pair
 from vaultraft.seal.shamir_seal import RootKeyUnwrapError, SealConfig, ShareError, UnsealProgress, unwrap_root_key
-from vaultraft.storage import Batch, Op
-from vaultraft.storage.local import LocalPhysical
 
 log = structlog.get_logger("vaultraft.core")
 
@@ -159,15 +158,10 @@ class Joiner:
         """Step 3: decrypt the challenge, answer it, and get a certificate and the peers."""
         assert self.pending is not None
         p = self.pending
-        scratch = await LocalPhysical.open("inmem")
         try:
-            await scratch.apply(Batch((Op.put(KEYRING_PATH, p.keyring_blob), Op.put(ROOT_KEY_KEY, p.root_key_blob))))
-            barrier = Barrier(scratch)
-            await barrier.unseal(root_key)
-            plain = barrier.decrypt(CHALLENGE_PATH, p.challenge)
-            barrier.seal()
-        finally:
-            await scratch.close()
+            plain = decrypt_detached(root_key, p.keyring_blob, CHALLENGE_PATH, p.challenge)
+        except BarrierError as e:
+            raise InvalidRequest(f"cannot open the join challenge: {e}") from None
         private_pem, public_pem = generate_key_pair()
         url = p.leader_api_addr.rstrip("/") + "/v1/sys/storage/raft/bootstrap/answer"
         data = await self._post(url, {

@@ -24,11 +24,11 @@ system-deps:
 
 ## make run: a three-node cluster on 127.0.0.1 (API 8200/8210/8220, Raft 8201/8211/8221), initialized and unsealed
 run: $(STAMP)
-	$(PY) -m cluster up --nodes 3 --base-port 8200 --dir .cluster
+	$(PY) -m cluster --dir .cluster up --nodes 3 --base-port 8200
 
 ## make down: stop the cluster started by make run
 down: $(STAMP)
-	$(PY) -m cluster down --dir .cluster
+	$(PY) -m cluster --dir .cluster down
 
 ## make dev: a development node on 127.0.0.1:8200 (root token "root"), like `vault server -dev`
 dev: $(STAMP)

@@ -464,12 +464,29 @@ class Core:
             log.info("became_standby")
 
     async def leader_info(self) -> LeaderInfo | None:
-        """The active node as advertised in storage (read locally), or None."""
+        """Where the active node is, or None when unknown.
+
+        Raft's own view of the leader comes first (mapped to an API address through the
+        node records); the ``core/leader`` record may be stale on a node that was just
+        deposed, so it is used only when it names another node.
+        """
         u = self._u
         if u is None or u.sys_view is None:
             return None
+        raft = self.cluster.raft
+        if raft is not None:
+            leader = raft.leader_addr()
+            if leader is not None and leader != raft.self_addr:
+                for rec in (await raft_ops.node_records(self)).values():
+                    if rec.get("address") == leader and rec.get("api_addr"):
+                        return LeaderInfo(str(rec["api_addr"]), "https://" + leader, str(rec.get("node_id", "")))
         raw = await u.sys_view.get(LEADER_KEY)
-        return None if raw is None else LeaderInfo.decode(raw.value)
+        if raw is None:
+            return None
+        info = LeaderInfo.decode(raw.value)
+        if info.api_addr == self.settings.api_addr:
+            return None  # our own stale advertisement: we are not active now
+        return info
 
     async def _teardown(self) -> None:
         u, self._u = self._u, None

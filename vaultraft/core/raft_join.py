@@ -154,7 +154,8 @@ class Joiner:
         except RootKeyUnwrapError:
             raise InvalidRequest("Error unsealing: failed to decrypt the root key: invalid key or key combination") from None
 
-    async def answer(self, root_key: bytes, server_id: str, cluster_addr: str) -> tuple[type, list[str]]:
+    async def answer(self, root_key: bytes, server_id: str, cluster_addr: str,
+                     api_addr: str = "") -> tuple[type, list[str]]:
         """Step 3: decrypt the challenge, answer it, and get a certificate and the peers."""
         assert self.pending is not None
         p = self.pending
@@ -166,7 +167,7 @@ class Joiner:
         url = p.leader_api_addr.rstrip("/") + "/v1/sys/storage/raft/bootstrap/answer"
         data = await self._post(url, {
             "server_id": server_id, "answer": base64.b64encode(plain).decode(), "cluster_addr": cluster_addr,
-            "public_key": public_pem.decode(), "non_voter": p.non_voter,
+            "public_key": public_pem.decode(), "non_voter": p.non_voter, "api_addr": api_addr,
         })
         d = data.get("data") or data
         cert = NodeCert(cert_pem=d["tls_cert"].encode(), key_pem=private_pem, ca_pem=d["ca_cert"].encode())

@@ -1,4 +1,5 @@
-"""``vault operator init|unseal|seal`` and the seal-status table shared with ``status``."""
+"""``vault operator init|unseal|seal`` and the seal-status table shared with ``status``
+(``rotate``, ``key-status``, ``rekey`` and ``generate-root`` are in :mod:`operator_keys`)."""
 
 from __future__ import annotations
 
@@ -129,7 +130,7 @@ def output_seal_status(inv: Invocation, status: Mapping[str, Any]) -> int:
 
 
 def cmd_init(ctx: Context, argv: Sequence[str]) -> int:
-    """vault operator init [-key-shares=5 -key-threshold=3 -status]."""
+    """vault operator init [-key-shares=5 -key-threshold=3 -pgp-keys=f1,f2 -root-token-pgp-key=f -status]."""
     inv = begin(
         ctx,
         argv,
@@ -139,6 +140,9 @@ def cmd_init(ctx: Context, argv: Sequence[str]) -> int:
             Flag("recovery-shares", Kind.INT, default=5),
             Flag("recovery-threshold", Kind.INT, default=3),
             Flag("status", Kind.BOOL),
+            Flag("pgp-keys", Kind.LIST),
+            Flag("recovery-pgp-keys", Kind.LIST),
+            Flag("root-token-pgp-key"),
         ],
     )
     inv.at_most(0)
@@ -157,6 +161,14 @@ def cmd_init(ctx: Context, argv: Sequence[str]) -> int:
     for flag, key in (("recovery-shares", "recovery_shares"), ("recovery-threshold", "recovery_threshold")):
         if inv.flags.is_set(flag):
             request[key] = inv.flags.number(flag)
+    from vaultraft.cli.operator_keys import pgp_key_list, read_pgp_key_file
+
+    for flag, key in (("pgp-keys", "pgp_keys"), ("recovery-pgp-keys", "recovery_pgp_keys")):
+        keys = pgp_key_list(inv, flag)
+        if keys:
+            request[key] = keys
+    if inv.flags.text("root-token-pgp-key"):
+        request["root_token_pgp_key"] = read_pgp_key_file(inv.flags.text("root-token-pgp-key"))
     with api_errors("Error initializing"):
         resp = inv.client.call("PUT", "sys/init", body=request) or {}
     keys_hex = list(resp.get("keys") or [])
@@ -251,10 +263,14 @@ def cmd_seal(ctx: Context, argv: Sequence[str]) -> int:
 
 
 def register() -> Registry:
-    """This module's commands for the dispatcher: path → (handler, synopsis)."""
+    """This module's commands for the dispatcher: path → (handler, synopsis), including
+    the key ceremonies of :mod:`vaultraft.cli.operator_keys`."""
+    from vaultraft.cli import operator_keys
+
     return {
         ("operator", "init"): (cmd_init, "Initializes a server"),
         ("operator", "unseal"): (cmd_unseal, "Unseals the Vault server"),
         ("operator", "seal"): (cmd_seal, "Seals the Vault server"),
+        **operator_keys.register(),
     }
 

@@ -48,6 +48,7 @@ _LOCAL_OPS = (Operation.READ, Operation.LIST, Operation.HELP)
 INDEX_WAIT = 2.0
 _TABLE_KEYS = ("core/mounts", "core/local-mounts", "core/auth", "core/local-auth", "core/audit", "core/local-audit")
 _WATCHED = ("core/", "sys/policy/")
+_SEAL_RECORDS = ("core/seal-config", "core/recovery-config")
 TIDY_INTERVAL = 30.0
 
 
@@ -326,6 +327,8 @@ class Core:
             try:
                 if KEYRING_PATH in keys:
                     await self.barrier.reload_keyring()
+                if any(k in _SEAL_RECORDS for k in keys):
+                    self.seals.forget_config()
                 if any(k.startswith(_TABLE_KEYS) for k in keys) and self.settings.performance_standby:
                     await self._load_tables(create=False)
                 elif any(k.startswith("sys/policy/") for k in keys):
@@ -529,6 +532,9 @@ class Core:
                 n = await u.tokens.tidy()
                 if n:
                     log.info("expired_tokens_revoked", count=n)
+                from vaultraft.core.sys.keys import maybe_auto_rotate
+
+                await maybe_auto_rotate(self)
             except Exception as e:  # a failed tidy must not kill the node
                 log.warning("token_tidy_failed", error=type(e).__name__)
 

@@ -1,5 +1,6 @@
 """Changing what protects the keys: building the seal manager from the configuration,
-seal migration (Shamir ↔ PKCS#11), and re-wrapping after an HSM key rotation.
+seal migration (Shamir ↔ PKCS#11), re-wrapping after an HSM key rotation, and the
+storage side of a rekey (a new unseal key wrapping the same root key).
 
 Migration writes its records in an order that survives a crash at any step: the new
 records first (ignored by the old seal), then ``core/seal-config`` (the commit point),
@@ -9,7 +10,9 @@ under an HSM seal, or wrapped by an old key, is re-wrapped at the next unseal.
 
 from __future__ import annotations
 
+import hmac
 import os
+import secrets
 from typing import Mapping
 
 from vaultraft.barrier import Barrier
@@ -24,10 +27,11 @@ from vaultraft.core.seal_state import (
     SEAL_CONFIG_KEY,
     log,
 )
-from vaultraft.logical import InternalError
+from vaultraft.logical import InternalError, InvalidRequest
 from vaultraft.seal.base import SEAL_TYPE_PKCS11, SEAL_TYPE_SHAMIR, AsyncSeal, SealStanzaError
 from vaultraft.seal.pkcs11 import Pkcs11Config, Pkcs11Seal
-from vaultraft.seal.shamir_seal import SealConfig, wrap_root_key
+from vaultraft.seal.shamir_seal import RootKeyUnwrapError, SealConfig, unwrap_root_key, wrap_root_key
+from vaultraft.storage import Batch, Op
 
 KEYRING_PATH = "core/keyring"
 
@@ -73,6 +77,39 @@ async def finish_migration(mgr: SealManager, barrier: Barrier, kind: str, secret
     await _delete_quietly(barrier, [HSM_ROOT_KEY_KEY, RECOVERY_KEY_KEY, RECOVERY_CONFIG_KEY])
     log.info("seal_migrated", from_type=old_cfg.type, to_type=SEAL_TYPE_SHAMIR,
              note="the recovery keys are now unseal keys; remove the disabled seal stanza")
+
+
+async def write_seal_records(barrier: Barrier, records: Mapping[str, bytes]) -> None:
+    """Write several unencrypted seal records in ONE storage batch (all or nothing, also
+    through Raft). InternalError when storage refuses it."""
+    ops = tuple(Op.put(path, bytes(value)) for path, value in records.items())
+    result = await barrier.physical.apply(Batch(ops, secrets.token_bytes(16)))
+    if result.error is not None:
+        raise InternalError(f"failed to store the seal records: {result.error}")
+
+
+async def verify_unseal_key(barrier: Barrier, kek: bytes) -> None:
+    """Shamir: raise InvalidRequest unless ``kek`` (combined unseal shares) opens the
+    stored root key and that key is the one the unsealed barrier uses."""
+    blob = await barrier.raw_get(ROOT_KEY_KEY)
+    if blob is None:
+        raise InternalError("stored root key is missing")
+    try:
+        root = unwrap_root_key(kek, blob)
+    except RootKeyUnwrapError as e:
+        raise InvalidRequest(f"unable to authenticate: {e}") from None
+    if not hmac.compare_digest(root, barrier.root_key()):
+        raise InvalidRequest("unable to authenticate: root key verification failed")
+
+
+async def rekey_unseal_key(barrier: Barrier, kek: bytes, cfg: SealConfig) -> None:
+    """Shamir rekey: the root key wrapped by a new unseal key ``kek`` and the new share
+    configuration, stored together in one batch. The root key, keyring and data are
+    untouched, so a crash leaves either the old shares or the new ones valid, never a mix."""
+    root = barrier.root_key()
+    await write_seal_records(barrier, {ROOT_KEY_KEY: wrap_root_key(kek, root), SEAL_CONFIG_KEY: cfg.to_bytes()})
+    log.info("security_barrier_rekeyed", shares=cfg.secret_shares, threshold=cfg.secret_threshold,
+             pgp=bool(cfg.pgp_keys))
 
 
 async def rewrap_stale(mgr: SealManager, barrier: Barrier, stale: dict[str, str]) -> None:

@@ -245,13 +245,43 @@ class SealManager(SealState):
         await self._verify_recovery_key(seal, key)
 
     async def set_recovery_key(self, key: bytes, cfg: SealConfig) -> None:
-        """Store a new recovery key and config (rekey of the recovery key; HSM seal only)."""
+        """Store a new recovery key and config (rekey of the recovery key; HSM seal only).
+
+        Both records go in one storage batch: a crash never pairs the new key with the
+        old share count or threshold."""
+        from vaultraft.core.seal_lifecycle import write_seal_records
+
         if self._seal is None:
             raise InvalidRequest("recovery keys are not supported by the current seal type")
         blob = await self._encrypt(self._seal, key, RECOVERY_KEY_KEY)
-        await self._barrier.raw_put(RECOVERY_KEY_KEY, blob)
-        await self._barrier.raw_put(RECOVERY_CONFIG_KEY, cfg.to_bytes())
+        await write_seal_records(self._barrier, {RECOVERY_KEY_KEY: blob, RECOVERY_CONFIG_KEY: cfg.to_bytes()})
         self._recovery = cfg
+
+    async def set_unseal_key(self, kek: bytes, cfg: SealConfig) -> None:
+        """Shamir rekey: store the root key wrapped by the new unseal key ``kek`` together
+        with the new share config (one batch). InvalidRequest under an HSM seal."""
+        from vaultraft.core.seal_lifecycle import rekey_unseal_key
+
+        if (await self.mode()).kind != "shamir":
+            raise InvalidRequest("unseal keys can only be rekeyed with the shamir seal")
+        await rekey_unseal_key(self._barrier, kek, cfg)
+        self._config = cfg
+
+    async def share_config(self) -> SealConfig | None:
+        """The config of the shares that authorize key operations now: the recovery
+        config with an HSM seal, the barrier config under Shamir (None before init)."""
+        return await self._share_config(await self.mode())
+
+    async def verify_shares_key(self, key: bytes) -> None:
+        """Raise InvalidRequest unless ``key`` (combined from the shares of
+        :meth:`share_config`) is the current unseal key (Shamir) or recovery key (HSM)."""
+        from vaultraft.core.seal_lifecycle import verify_unseal_key
+
+        mode = await self.mode()
+        if mode.kind in ("auto", "to_shamir"):
+            await self.verify_recovery_key(key)
+        else:
+            await verify_unseal_key(self._barrier, key)
 
     async def _root_from_seal(self, seal: AsyncSeal) -> bytes:
         blob = await self._barrier.raw_get(HSM_ROOT_KEY_KEY)
@@ -302,8 +332,11 @@ class SealManager(SealState):
             await rewrap_stale(self, self._barrier, stale)
 
     async def on_sealed(self) -> None:
-        """The node sealed: stop the health monitor, drop progress and pending secrets."""
+        """The node sealed: stop the health monitor, drop progress and pending secrets.
+        Cached configs are dropped too: another node may rekey while this one is sealed."""
         self.reset_progress()
+        self._config = None
+        self._recovery = None
         pending, self._pending = self._pending, None
         if pending is not None:
             _zero(pending[1])

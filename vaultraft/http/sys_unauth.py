@@ -1,5 +1,11 @@
 """Endpoints served before authentication and while sealed: init, unseal, seal-status,
-health and leader (Vault's http/sys_*.go handlers)."""
+health and leader (Vault's http/sys_*.go handlers), plus the key-ceremony endpoints of
+:mod:`vaultraft.http.sys_keys`.
+
+``sys/init`` takes Vault's ``pgp_keys``, ``recovery_pgp_keys`` and ``root_token_pgp_key``:
+every key is proven usable before anything is initialized, then each share (as hex text)
+and the root token are encrypted to their holder's key; ``keys``/``keys_base64`` then
+carry the OpenPGP messages, as in Vault."""
 
 from __future__ import annotations
 
@@ -11,7 +17,9 @@ from aiohttp import web
 
 from vaultraft import VAULT_COMPAT_VERSION
 from vaultraft.core import Core
+from vaultraft.core.key_ops import pgp_check, pgp_encrypt
 from vaultraft.core.sys.misc import leader_status
+from vaultraft.http import sys_keys
 from vaultraft.framework.fields import convert, FieldType
 from vaultraft.logical import InvalidRequest, UnsupportedOperation
 
@@ -45,25 +53,60 @@ async def init(core: Core, method: str, body: dict[str, Any]) -> tuple[int, Any]
         return 200, {"initialized": await core.initialized()}
     if method not in ("PUT", "POST"):
         raise UnsupportedOperation()
-    if body.get("pgp_keys") or body.get("root_token_pgp_key") or body.get("recovery_pgp_keys"):
-        raise InvalidRequest("pgp_keys, recovery_pgp_keys and root_token_pgp_key are not supported yet")
     if _int(body, "stored_shares", 0) > 1:
         raise InvalidRequest("invalid seal configuration: stored keys cannot be larger than 1")
-    result = await core.initialize(
-        _int(body, "secret_shares", 0),
-        _int(body, "secret_threshold", 0),
-        recovery_shares=_int(body, "recovery_shares", 0),
-        recovery_threshold=_int(body, "recovery_threshold", 0),
-    )
+    shares, threshold = _int(body, "secret_shares", 0), _int(body, "secret_threshold", 0)
+    rec_shares, rec_threshold = _int(body, "recovery_shares", 0), _int(body, "recovery_threshold", 0)
+    pgp_keys = _keys(body, "pgp_keys")
+    rec_pgp_keys = _keys(body, "recovery_pgp_keys")
+    root_pgp = body.get("root_token_pgp_key") or ""
+    if not isinstance(root_pgp, str):
+        raise InvalidRequest("'root_token_pgp_key' must be a string")
+    if pgp_keys and len(pgp_keys) != shares:
+        raise InvalidRequest("invalid seal configuration: count mismatch between number of provided PGP keys "
+                             "and number of shares")
+    if rec_pgp_keys and len(rec_pgp_keys) != rec_shares:
+        raise InvalidRequest("invalid recovery configuration: count mismatch between number of provided PGP keys "
+                             "and number of shares")
+    # Prove every PGP key usable BEFORE initializing: afterwards the shares could only be lost.
+    for what, keys in (("seal", pgp_keys), ("recovery", rec_pgp_keys), ("root token", [root_pgp] if root_pgp else [])):
+        if keys:
+            try:
+                await pgp_check(keys)
+            except InvalidRequest as e:
+                prefix = "invalid recovery configuration" if what == "recovery" else "invalid seal configuration"
+                raise InvalidRequest(f"{prefix}: {e}") from None
+    result = await core.initialize(shares, threshold, recovery_shares=rec_shares, recovery_threshold=rec_threshold)
+    keys_out = list(result.keys)
+    rec_out = list(result.recovery_keys)
+    root_token = result.root_token
+    if pgp_keys and keys_out:
+        _, keys_out = await pgp_encrypt([k.hex().encode() for k in keys_out], pgp_keys)
+    if rec_pgp_keys and rec_out:
+        _, rec_out = await pgp_encrypt([k.hex().encode() for k in rec_out], rec_pgp_keys)
+    if root_pgp:
+        _, (blob,) = await pgp_encrypt([root_token.encode()], [root_pgp])
+        root_token = base64.b64encode(blob).decode()
     out: dict[str, Any] = {
-        "keys": [k.hex() for k in result.keys],
-        "keys_base64": [base64.b64encode(k).decode() for k in result.keys],
-        "root_token": result.root_token,
+        "keys": [k.hex() for k in keys_out],
+        "keys_base64": [base64.b64encode(k).decode() for k in keys_out],
+        "root_token": root_token,
     }
-    if result.recovery_keys:
-        out["recovery_keys"] = [k.hex() for k in result.recovery_keys]
-        out["recovery_keys_base64"] = [base64.b64encode(k).decode() for k in result.recovery_keys]
+    if rec_out:
+        out["recovery_keys"] = [k.hex() for k in rec_out]
+        out["recovery_keys_base64"] = [base64.b64encode(k).decode() for k in rec_out]
     return 200, out
+
+
+def _keys(body: dict[str, Any], name: str) -> list[str]:
+    value = body.get(name)
+    if not value:
+        return []
+    if isinstance(value, str):
+        value = [v for v in value.split(",") if v.strip()]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise InvalidRequest(f"'{name}' must be a list of strings")
+    return [v.strip() for v in value]
 
 
 async def unseal(core: Core, method: str, body: dict[str, Any]) -> tuple[int, Any]:
@@ -162,4 +205,7 @@ HANDLERS = {
     "sys/unseal": unseal,
     "sys/seal-status": seal_status,
     "sys/leader": leader,
+    # The unauthenticated key-ceremony endpoints (rekey, generate-root) are served the
+    # same way; merged here so the API handler's dispatch needs no change.
+    **sys_keys.HANDLERS,
 }

@@ -2,8 +2,9 @@
 
 Unlike engines it may reach into core (mount table, policy store, audit, barrier):
 ``sys/`` is where an operator controls the node. The unauthenticated endpoints
-(init, unseal, seal-status, health, leader) are served by :mod:`vaultraft.http` before
-the pipeline, because they must work while sealed.
+(init, unseal, seal-status, health, leader, and the share-collecting rekey and
+generate-root endpoints) are served by :mod:`vaultraft.http` before the pipeline,
+because they must work without a token.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ if TYPE_CHECKING:
 
 def build_sys_backend(core: "Core") -> Backend:
     """The ``sys/`` backend bound to ``core``."""
-    from vaultraft.core.sys import audit, capabilities, misc, mounts, policy, raft
+    from vaultraft.core.sys import audit, capabilities, keys, misc, mounts, policy, raft
 
     paths = [
         *mounts.paths(core),
@@ -26,6 +27,7 @@ def build_sys_backend(core: "Core") -> Backend:
         *capabilities.paths(core),
         *audit.paths(core),
         *misc.paths(core),
+        *keys.paths(core),
         *raft.paths(core),
     ]
     return Backend(paths, help="system endpoints used for control, policy and debugging", backend_type="system")

@@ -60,6 +60,7 @@ class PendingJoin:
     root_key_blob: bytes
     keyring_blob: bytes
     non_voter: bool
+    hsm_root_key_blob: bytes = b""
 
 
 class ChallengeIssuer:
@@ -115,6 +116,7 @@ class Joiner:
                 root_key_blob=base64.b64decode(d["root_key_blob"]),
                 keyring_blob=base64.b64decode(d["keyring_blob"]),
                 non_voter=non_voter,
+                hsm_root_key_blob=base64.b64decode(d.get("hsm_root_key_blob") or ""),
             )
         except (KeyError, ValueError, TypeError) as e:
             raise InvalidRequest(f"malformed challenge from {leader_api_addr}: {type(e).__name__}") from None

@@ -291,6 +291,19 @@ class SealManager(SealState):
             raise InternalError(str(e))
         return await self._decrypt(seal, blob, HSM_ROOT_KEY_KEY)
 
+    def auto_seal_configured(self) -> bool:
+        """Whether this node has an auto-unseal (HSM) seal of its own."""
+        return self._seal is not None
+
+    async def open_joined_records(self, hsm_root_key_blob: bytes, keyring_blob: bytes) -> tuple[bytes, bytes]:
+        """For an auto-unseal node joining a cluster on the same HSM: the root key opened
+        by this node's seal, and the keyring record with its seal wrapping removed."""
+        if self._seal is None:
+            raise InternalError("no auto-unseal seal is configured")
+        await self._ensure_ready(self._seal)
+        root = await self._decrypt(self._seal, hsm_root_key_blob, HSM_ROOT_KEY_KEY)
+        return root, await self.seal_unwrap("core/keyring", keyring_blob)
+
     async def try_auto_unseal(self) -> bytes | None:
         """The root key from the HSM, or None (not initialized, Shamir, migration pending,
         or the HSM failed: then :attr:`last_error` says why and one log line was written)."""

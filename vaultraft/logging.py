@@ -1,9 +1,17 @@
-"""structlog configuration: JSON or console lines, snake_case events, never secrets."""
+"""structlog configuration: JSON or console lines, snake_case events, never secrets.
+
+Every request logs one line, so the processors on that path are kept cheap: the
+timestamp's date-time part is formatted once per second (structlog's ``TimeStamper``
+formats a full ``datetime`` per line) and JSON lines reuse one encoder.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
+import time
+from typing import Any
 
 import structlog
 
@@ -11,18 +19,56 @@ _LEVELS = {"trace": logging.DEBUG, "debug": logging.DEBUG, "info": logging.INFO,
            "warning": logging.WARNING, "error": logging.ERROR}
 
 
+class UTCStamper:
+    """Adds ``timestamp`` exactly as ``TimeStamper(fmt="iso", utc=True)`` does
+    (``2026-11-23T04:26:11.387916Z``), formatting the date and time once per second."""
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._prefix = ""
+
+    def __call__(self, logger: Any, method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+        """Set ``event_dict["timestamp"]`` to the current UTC time."""
+        now = time.time()
+        second = int(now)
+        if second != self._second:
+            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._second = second
+        event_dict["timestamp"] = f"{self._prefix}.{int((now - second) * 1_000_000):06d}Z"
+        return event_dict
+
+
+def _fallback(obj: Any) -> Any:
+    """What structlog's JSONRenderer does with a value JSON cannot encode."""
+    structlog_repr = getattr(obj, "__structlog__", None)
+    if structlog_repr is not None:
+        return structlog_repr()
+    return repr(obj)
+
+
+class JSONLines:
+    """``JSONRenderer()``'s output (same separators and fallback) with one reused encoder."""
+
+    def __init__(self) -> None:
+        self._encoder = json.JSONEncoder(default=_fallback)
+
+    def __call__(self, logger: Any, method: str, event_dict: dict[str, Any]) -> str:
+        """The event as one JSON object."""
+        return self._encoder.encode(event_dict)
+
+
 def configure_logging(level: str = "info", fmt: str = "standard") -> None:
     """Route structlog to stderr at ``level``, as JSON when ``fmt`` is "json"."""
     lvl = _LEVELS.get(level.lower(), logging.INFO)
     renderer: structlog.typing.Processor
     if fmt == "json":
-        renderer = structlog.processors.JSONRenderer()
+        renderer = JSONLines()
     else:
         renderer = structlog.dev.ConsoleRenderer(colors=False)
     structlog.configure(
         processors=[
             structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            UTCStamper(),
             structlog.processors.format_exc_info,
             renderer,
         ],

@@ -21,6 +21,9 @@ import pytest
 
 from cluster.node import Node, free_port, vaultraft_exe
 
+# one module-scoped server per module: keep the module on one xdist worker
+pytestmark = pytest.mark.xdist_group("test_cli")
+
 _UNSET = object()
 
 

@@ -7,6 +7,9 @@ import pytest
 
 from cluster.node import Node
 
+# one module-scoped server per module: keep the module on one xdist worker
+pytestmark = pytest.mark.xdist_group("test_kv")
+
 
 @pytest.fixture(scope="module")
 def client(dev_node: Node) -> hvac.Client:

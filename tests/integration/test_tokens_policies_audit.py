@@ -13,6 +13,9 @@ import pytest
 
 from cluster.node import Node
 
+# one module-scoped server per module: keep the module on one xdist worker
+pytestmark = pytest.mark.xdist_group("test_tokens_policies_audit")
+
 POLICY = """
 path "secret/data/app/*" {
   capabilities = ["create", "read", "update"]

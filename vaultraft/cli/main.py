@@ -12,7 +12,7 @@ import os
 import sys
 from typing import Mapping, Sequence
 
-from vaultraft.cli import audit, generic, kv, operator, policy, secrets, token
+from vaultraft.cli import audit, generic, kv, operator, policy, raft, secrets, token
 from vaultraft.cli.base import EXIT_LOCAL, EXIT_REMOTE, CommandError, Context, Registry
 from vaultraft.cli.client import APIError
 
@@ -24,7 +24,7 @@ _VERSION_FLAGS = frozenset({"-v", "-version", "--version"})
 def commands() -> Registry:
     """Every command the CLI knows, keyed by its words."""
     table: Registry = {}
-    for module in (generic, operator, kv, token, policy, secrets, audit):
+    for module in (generic, operator, kv, token, policy, secrets, audit, raft):
         table.update(module.register())
     return table
 

@@ -231,13 +231,21 @@ class Core:
                 root_key = await self.joiner.submit_share(key)
                 if root_key is None:
                     return
-                await raft_ops.complete_join(self, root_key)
-                await self._unseal_with(root_key)
+                await self._finish_join_locked(root_key)
                 return
             root_key = await self.seals.submit_share(key, migrate=migrate)
             if root_key is None:
                 return
             await self._unseal_with(root_key)
+
+    async def finish_join(self, root_key: bytes) -> None:
+        """Complete a pending Raft join with the cluster's root key, then unseal."""
+        async with self._lock:
+            await self._finish_join_locked(root_key)
+
+    async def _finish_join_locked(self, root_key: bytes) -> None:
+        await raft_ops.complete_join(self, root_key)
+        await self._unseal_with(root_key)
 
     async def _unseal_with(self, root_key: bytes) -> None:
         await self.barrier.unseal(root_key)
@@ -304,6 +312,10 @@ class Core:
         return (self.settings.performance_standby and req.operation in _LOCAL_OPS
                 and req.headers.get("x-vault-inconsistent", "") != "forward-active-node"
                 and self.router.match(req.path) is not None)
+
+    async def reload_tables(self) -> None:
+        """Re-read mount, auth, audit tables and policies from storage (after a restore)."""
+        await self._load_tables(create=False)
 
     # ---- log-driven cache invalidation (standbys) ---------------------------------------
 
@@ -424,10 +436,16 @@ class Core:
                     active = True
                 except Exception as e:  # e.g. lost the lease mid-way: try again next round
                     log.warning("become_active_failed", error=type(e).__name__)
-                    await self._become_standby()
+                    try:
+                        await self._become_standby()
+                    except Exception as e2:
+                        log.warning("become_standby_failed", error=type(e2).__name__)
             elif active and not now_active:
                 active = False
-                await self._become_standby()
+                try:
+                    await self._become_standby()
+                except Exception as e:  # e.g. the keyring changed under a restore: retried next change
+                    log.warning("become_standby_failed", error=type(e).__name__)
             await asyncio.sleep(ROLE_POLL)
 
     async def wait_active(self, timeout: float) -> bool:
@@ -540,9 +558,12 @@ class Core:
 
 
 async def _cancel(task: "asyncio.Task[None]") -> None:
-    """Cancel ``task`` and wait for it to finish."""
+    """Cancel ``task`` and wait for it to finish; its own failure is logged, not raised
+    (a background task that died must not stop a seal or a shutdown halfway)."""
     task.cancel()
     try:
         await task
     except asyncio.CancelledError:
         pass
+    except Exception as e:
+        log.error("background_task_failed", task=task.get_name(), error=type(e).__name__)

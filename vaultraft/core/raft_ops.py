@@ -14,10 +14,12 @@ import os
 import shutil
 from typing import TYPE_CHECKING, Any
 
+import msgpack
 import structlog
 
 from vaultraft.barrier import KEYRING_PATH
 from vaultraft.core.seal_manager import ROOT_KEY_KEY
+from vaultraft.core.seal_state import HSM_ROOT_KEY_KEY
 from vaultraft.logical import InvalidRequest, NotLeader, Sealed, StorageEntry
 from vaultraft.raft.node import RaftPhysical
 
@@ -27,6 +29,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger("vaultraft.core")
 
 NODES_PREFIX = "raft/nodes/"  # under core/
+RESTORE_MARKER_KEY = "core/raft/snapshot-restore"  # raw record written by raft_snapshot restores
 SYNC_WAIT = 60.0
 
 
@@ -45,7 +48,12 @@ async def register_node(core: "Core", node_id: str, cluster_addr: str, api_addr:
 
 
 async def node_records(core: "Core") -> dict[str, dict[str, Any]]:
-    """Every registered node by id."""
+    """Every registered node by id.
+
+    A current member without a record of its own (its record was replaced by a forced
+    snapshot restore from another cluster) is named from the membership the restore
+    recorded in its raw marker.
+    """
     u = core.unsealed
     assert u.sys_view is not None
     out: dict[str, dict[str, Any]] = {}
@@ -53,7 +61,26 @@ async def node_records(core: "Core") -> dict[str, dict[str, Any]]:
         e = await u.sys_view.get(NODES_PREFIX + name)
         if e is not None:
             out[name] = json.loads(e.value)
+    raft = core.cluster.raft
+    marker = read_marker(await core.physical.get(RESTORE_MARKER_KEY)) if raft is not None else None
+    if raft is not None and marker is not None and isinstance(marker.get("members"), list):
+        members = set(raft.status().peers) | {raft.self_addr}
+        known = {r.get("address") for r in out.values()}
+        for rec in marker["members"]:
+            if isinstance(rec, dict) and rec.get("address") in members - known and rec.get("node_id") not in out:
+                out[str(rec["node_id"])] = dict(rec)
     return out
+
+
+def read_marker(raw: bytes | None) -> dict[str, Any] | None:
+    """The snapshot-restore marker record (raw msgpack), or None when absent or unreadable."""
+    if raw is None:
+        return None
+    try:
+        m = msgpack.unpackb(raw, raw=False)
+    except Exception:  # msgpack raises several unrelated types
+        return None
+    return m if isinstance(m, dict) and isinstance(m.get("id"), str) else None
 
 
 # ---- joiner side ---------------------------------------------------------------------------
@@ -67,6 +94,12 @@ async def join(core: "Core", leader_api_addr: str, non_voter: bool = False) -> N
     if await core.seals.config() is not None:
         raise InvalidRequest("node is already initialized; a joining node must have empty storage")
     await core.joiner.fetch_challenge(leader_api_addr, raft.node_id, non_voter)
+    pending = core.joiner.pending
+    if pending is not None and pending.hsm_root_key_blob and core.seals.auto_seal_configured():
+        # An auto-unseal node on the cluster's HSM proves itself without unseal keys.
+        root_key, keyring = await core.seals.open_joined_records(pending.hsm_root_key_blob, pending.keyring_blob)
+        pending.keyring_blob = keyring
+        await core.finish_join(root_key)
 
 
 async def complete_join(core: "Core", root_key: bytes) -> None:
@@ -80,7 +113,8 @@ async def complete_join(core: "Core", root_key: bytes) -> None:
     await raft.start_consensus(transport, peers=peers)
     loop = asyncio.get_running_loop()
     end = loop.time() + SYNC_WAIT
-    while await raft.get(KEYRING_PATH) is None or await raft.get(ROOT_KEY_KEY) is None \
+    while await raft.get(KEYRING_PATH) is None \
+            or (await raft.get(ROOT_KEY_KEY) is None and await raft.get(HSM_ROOT_KEY_KEY) is None) \
             or await core.seals.config() is None:
         core.seals.forget_config()
         if loop.time() > end:
@@ -106,13 +140,15 @@ async def issue_challenge(core: "Core", server_id: str) -> dict[str, Any]:
     cfg = await core.seals.config()
     root_blob = await core.barrier.raw_get(ROOT_KEY_KEY)
     keyring_blob = await core.physical.get(KEYRING_PATH)
-    if cfg is None or root_blob is None or keyring_blob is None:
+    hsm_blob = await core.barrier.raw_get(HSM_ROOT_KEY_KEY)
+    if cfg is None or (root_blob is None and hsm_blob is None) or keyring_blob is None:
         raise InvalidRequest("this node is not initialized")
     challenge = core.challenges.issue(server_id, core.barrier)
     return {
+        "hsm_root_key_blob": base64.b64encode(hsm_blob or b"").decode(),
         "challenge": base64.b64encode(challenge).decode(),
         "seal_config": cfg.to_dict(),
-        "root_key_blob": base64.b64encode(root_blob).decode(),
+        "root_key_blob": base64.b64encode(root_blob or b"").decode(),
         "keyring_blob": base64.b64encode(keyring_blob).decode(),
     }
 

@@ -28,6 +28,40 @@ class BarrierView:
         self.local = local
         self.wrapper = wrapper
 
+    def stamp_current(self, key: str, stamp: object) -> bool:
+        """Whether the value at ``key`` is still the one :meth:`get_stamped` returned with
+        ``stamp``: the physical read cache holds exactly that stored value (the cache is
+        kept exact by every write and snapshot, on every node). Non-blocking; False while
+        sealed, when the physical layer has no cache, or when the entry was evicted."""
+        if stamp is None or self.barrier.sealed:
+            return False
+        peek = getattr(self.barrier.physical, "peek", None)
+        if peek is None:
+            return False
+        hit, value = peek(self.prefix + key)
+        return bool(hit) and value is stamp
+
+    async def get_stamped(self, key: str) -> tuple[StorageEntry | None, object | None]:
+        """:meth:`get`, plus a stamp for :meth:`stamp_current`: the stored (encrypted)
+        bytes the entry was decrypted from, or None for a missing key.
+
+        Lets a caller keep something decoded from the entry and reuse it exactly as long as
+        the stored value has not changed, without reading it again.
+        """
+        path = self.prefix + key
+        if self.barrier.sealed:
+            raise Sealed()
+        stored = await self.barrier.physical.get(path)
+        if stored is None:
+            return None, None
+        try:
+            value = self.barrier.decrypt(path, stored)
+        except BarrierSealed:
+            raise Sealed() from None
+        if self.wrapper is not None:
+            value = await self.wrapper.seal_unwrap(path, value)
+        return StorageEntry(key, value), stored
+
     def sub(self, prefix: str) -> "BarrierView":
         """A narrower view with the same replication class (and seal wrapping)."""
         return BarrierView(self.barrier, self.prefix + prefix, local=self.local, wrapper=self.wrapper)

@@ -11,7 +11,7 @@ import structlog
 from aiohttp import http_parser, web, web_protocol
 
 from vaultraft.core import Core
-from vaultraft.http import sys_raft, sys_unauth
+from vaultraft.http import raft_snapshot, sys_raft, sys_unauth
 from vaultraft.http.errors import status_for
 from vaultraft.http.forward import Forwarder, no_leader_response, redirect
 from vaultraft.logical import InvalidRequest, NotLeader, Operation, Request, Response, VaultError
@@ -199,6 +199,7 @@ def build_app(core: Core, *, max_request_size: int = MAX_REQUEST_SIZE) -> web.Ap
     """The aiohttp application serving Vault's API for ``core``."""
     app = web.Application(client_max_size=max_request_size)
     handler = ApiHandler(core)
+    raft_snapshot.add_routes(app, core)  # streaming snapshot endpoints, ahead of the catch-all
     app.router.add_route("*", "/v1/{path:.*}", handler)
 
     async def close_forwarder(_: web.Application) -> None:

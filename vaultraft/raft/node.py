@@ -14,8 +14,8 @@ behind the barrier): :meth:`start_consensus` / :meth:`stop_consensus`.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import json
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -26,19 +26,27 @@ from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
 from pysyncobj.monotonic import monotonic as raft_clock  # pysyncobj's clock (CLOCK_MONOTONIC_RAW)
 from pysyncobj.node import TCPNode
 
+from vaultraft.raft.background import JournalSync, lease_expiry
 from vaultraft.raft.command import Command, CommandKind
 from vaultraft.raft.fsm import ApplyObserver, StateMachine
 from vaultraft.raft.snapshot import pysyncobj_hooks
 from vaultraft.storage import ApplyResult, Batch
 from vaultraft.storage.lmdb_store import LMDBStore
+from vaultraft.storage.reader import BatchReader
 
 log = structlog.get_logger("vaultraft.raft")
 
 MAX_GROUP_BATCHES = 512
 MAX_GROUP_BYTES = 1 << 20
-MAX_INFLIGHT = 8
+#: Group commits in flight at once. Every entry costs a journal append, frames to each
+#: follower and an fsynced LMDB transaction on every node; with fewer in flight, writes that
+#: arrive meanwhile coalesce into larger groups (32 clients: ~3 writes per entry at 8,
+#: ~6.5 at 2) for less CPU per write on all three nodes, while 2 still pipelines.
+MAX_INFLIGHT = 2
 ATTEMPT_TIMEOUT = 3.0
 JOURNAL_FLUSH_INTERVAL = 0.05
+#: pysyncobj's tick: the longest its thread sleeps in poll() when no socket or command wakes it.
+AUTO_TICK_PERIOD = 0.01
 SNAPSHOT_INVALIDATES = ("core/keyring", "core/mounts", "core/auth", "core/audit", "sys/policy/")
 _RETRYABLE = {FAIL_REASON.QUEUE_FULL, FAIL_REASON.MISSING_LEADER, FAIL_REASON.DISCARDED,
               FAIL_REASON.NOT_LEADER, FAIL_REASON.LEADER_CHANGED, FAIL_REASON.UNKNOWN_OUTCOME}
@@ -135,12 +143,15 @@ class RaftPhysical:
         self.tuning = tuning
         self.fsm = StateMachine(store, observer)
         self._obj: _ReplicatedLog | None = None
-        self._reads = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="vr-raft-read")
+        self._reads = BatchReader("vr-raft-read")
         self._queue: asyncio.Queue[_Pending] | None = None
         self._committer: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._last_flush = 0.0
-        self._barrier: asyncio.Future[None] | None = None
+        self._journal_sync: JournalSync | None = None
+        # (term, raft-clock expiry) of the quorum lease, recomputed by the tick thread
+        self._lease: tuple[int, float] = (-1, -math.inf)
+        self._barrier_next: asyncio.Future[None] | None = None  # callers waiting for the next no-op
+        self._barrier_runner: asyncio.Task[None] | None = None
 
     # ---- consensus lifecycle -------------------------------------------------------------
 
@@ -193,7 +204,7 @@ class RaftPhysical:
             raftMinTimeout=t.election_min,
             raftMaxTimeout=t.election_max,
             appendEntriesPeriod=t.heartbeat,
-            autoTickPeriod=0.01,
+            autoTickPeriod=AUTO_TICK_PERIOD,
             leaderFallbackTimeout=t.election_max,
             appendEntriesUseBatch=False,
             appendEntriesBatchSizeBytes=1 << 20,
@@ -205,7 +216,9 @@ class RaftPhysical:
             onStateChanged=self._on_state_changed,
         )
         self._obj = await asyncio.to_thread(_ReplicatedLog, self.self_addr, members, conf, self.fsm, transport_class)
-        self._obj.addOnTickCallback(self._flush_journal)
+        self._obj.addOnTickCallback(self._on_tick)
+        self._journal_sync = JournalSync(os.path.join(raft_dir, "journal"), JOURNAL_FLUSH_INTERVAL)
+        self._journal_sync.start()
         self._queue = asyncio.Queue()
         self._committer = self._loop.create_task(self._commit_loop(), name="vr-raft-commit")
         log.info("raft_started", self_addr=self.self_addr, peers=len(members))
@@ -229,25 +242,39 @@ class RaftPhysical:
         if obj is not None:
             await asyncio.to_thread(obj.destroy_synchronous)
             log.info("raft_stopped")
+        sync, self._journal_sync = self._journal_sync, None
+        if sync is not None:
+            await asyncio.to_thread(sync.stop)
+        self._lease = (-1, -math.inf)
 
-    def _flush_journal(self) -> None:
-        """msync the journal a few times a second (pysyncobj never does; hazard 5).
+    # The journal is synced every JOURNAL_FLUSH_INTERVAL by a JournalSync thread (pysyncobj
+    # never syncs it; hazard 5). Acknowledged writes survive a process crash on any number
+    # of nodes (the page cache keeps them) and an OS crash of a minority; this bounds what
+    # simultaneous power loss of a majority could lose to about one flush interval.
 
-        Acknowledged writes survive a process crash on any number of nodes (the page
-        cache keeps them) and an OS crash of a minority; this bounds what simultaneous
-        power loss of a majority could lose to about one flush interval.
+    def _on_tick(self) -> None:
+        """Runs on pysyncobj's thread after every tick, before it polls for events.
+
+        * Recomputes the quorum lease expiry that :meth:`has_lease` compares against (from
+          the same followers' last response times it used to read on every call).
+        * A single-node leader commits an entry only on the tick after it was added, and
+          nothing else wakes that tick's poll: wake it at once instead of after a full
+          AUTO_TICK_PERIOD (with followers, their answers wake it).
         """
-        now = raft_clock()
-        if now - self._last_flush < JOURNAL_FLUSH_INTERVAL:
-            return
-        self._last_flush = now
         obj = self._obj
         if obj is None:
             return
         try:
-            obj._SyncObj__raftLog.flush()
-        except (AttributeError, ValueError, OSError) as e:
-            log.warning("raft_journal_flush_failed", error=type(e).__name__)
+            if not obj._isLeader():
+                return
+            others = obj._SyncObj__otherNodes
+            last = obj._SyncObj__lastResponseTime
+            self._lease = (int(obj._getTerm()),
+                           lease_expiry([last.get(n, -math.inf) for n in others], len(others) + 1, self.tuning.lease))
+            if not others and obj.raftCommitIndex < obj._SyncObj__raftLog[-1][1]:
+                obj._SyncObj__pipeNotifier.notify()
+        except (RuntimeError, AttributeError, IndexError, OSError):  # never break pysyncobj's tick
+            pass
 
     def _on_snapshot_installed(self) -> None:
         """A snapshot replaced the store: every cache built on the old state is stale."""
@@ -278,15 +305,10 @@ class RaftPhysical:
             noop = obj._SyncObj__noopIDx
             if noop is None or obj.raftLastApplied < noop:
                 return False
-            others = list(obj._SyncObj__otherNodes)
-            if not others:
-                return True
-            last = obj._SyncObj__lastResponseTime
-            now = raft_clock()
-            fresh = sum(1 for n in others if now - last.get(n, 0.0) < self.tuning.lease)
-        except (RuntimeError, AttributeError):  # a dict changed size under us: not confirmed
+            term, expiry = self._lease  # recomputed by the tick thread (see _on_tick)
+            return term == obj._getTerm() and raft_clock() < expiry
+        except AttributeError:
             return False
-        return 1 + fresh > (len(others) + 1) / 2
 
     def leader_addr(self) -> str | None:
         """The cluster address of the last known leader, or None."""
@@ -374,10 +396,22 @@ class RaftPhysical:
     # ---- Physical --------------------------------------------------------------------------
 
     async def get(self, key: str) -> bytes | None:
-        return await asyncio.get_running_loop().run_in_executor(self._reads, self.store.get, key)
+        """The stored bytes at ``key``: from the store's read cache when it holds them (no
+        thread hop; the cache is kept exact by the state machine's applies, see
+        ``storage/cache.py``), else read from LMDB on the reader thread (batched with the
+        other reads of this loop iteration)."""
+        hit, value = self.store.peek(key)
+        if hit:
+            return value
+        return await self._reads.run(self.store.get, key)
+
+    def peek(self, key: str) -> tuple[bool, bytes | None]:
+        """Non-blocking: ``(True, value)`` when the read cache knows ``key``'s stored bytes
+        (None: absent), else ``(False, None)``."""
+        return self.store.peek(key)
 
     async def list(self, prefix: str) -> list[str]:
-        return await asyncio.get_running_loop().run_in_executor(self._reads, self.store.list, prefix)
+        return await self._reads.run(self.store.list, prefix)
 
     def applied_index(self) -> int:
         return self.store.applied_index()
@@ -411,9 +445,11 @@ class RaftPhysical:
     async def read_barrier(self) -> None:
         """Prove this node still leads before a linearizable read (Raft's read index).
 
-        Commits an empty entry; concurrent callers share one. A deposed leader cannot
-        commit, so a read served after this returns never reflects a stale leader's state.
-        Raises NotLeaderError / CommitTimeout like a write.
+        Waits for an empty entry submitted after this call began to be committed and
+        applied. A deposed leader cannot commit, so a read served after this returns never
+        reflects a stale leader's state. One no-op is in flight at a time and serves every
+        caller that arrived before it was submitted; callers arriving meanwhile share the
+        next one. Raises NotLeaderError / CommitTimeout like a write.
         """
         obj = self._obj
         if obj is None:
@@ -422,17 +458,27 @@ class RaftPhysical:
             if not obj._isLeader():
                 raise NotLeaderError(self.leader_addr())
             return
-        pending = self._barrier
-        if pending is None or pending.done():
-            pending = asyncio.ensure_future(self._run_barrier())
-            self._barrier = pending
-        await asyncio.shield(pending)
+        waiter = self._barrier_next
+        if waiter is None:
+            waiter = self._barrier_next = asyncio.get_running_loop().create_future()
+            waiter.add_done_callback(_consume)
+            if self._barrier_runner is None or self._barrier_runner.done():
+                self._barrier_runner = asyncio.ensure_future(self._run_barriers())
+        await asyncio.shield(waiter)
 
-    async def _run_barrier(self) -> None:
-        # Every caller that joined before this barrier started shares its proof.
-        await asyncio.sleep(0)
-        self._barrier = None
-        await self.noop()
+    async def _run_barriers(self) -> None:
+        while (waiter := self._barrier_next) is not None:
+            self._barrier_next = None  # later callers wait for the next no-op: this one is
+            try:                       # submitted now, after every caller it serves arrived
+                await self.noop()
+            except BaseException as e:
+                if not waiter.done():
+                    waiter.set_exception(e if isinstance(e, Exception) else ConsensusStopped("consensus stopped"))
+                if not isinstance(e, Exception):
+                    raise
+            else:
+                if not waiter.done():
+                    waiter.set_result(None)
 
     async def noop(self) -> ApplyResult | None:
         """Commit an empty entry (proves a quorum; used by a new active node)."""
@@ -442,7 +488,7 @@ class RaftPhysical:
 
     async def close(self) -> None:
         await self.stop_consensus()
-        self._reads.shutdown(wait=True)
+        await self._reads.aclose()
         self.store.close()
 
     # ---- group commit ----------------------------------------------------------------------
@@ -517,6 +563,60 @@ class RaftPhysical:
                 raise CommitTimeout("write not committed before the deadline")
             log.warning("raft_submit_retry", attempt=attempt, reason=err)
             await asyncio.sleep(min(0.05 * attempt, 0.5))
+
+    # ---- snapshots (API) ---------------------------------------------------------------------
+    # For sys/storage/raft/snapshot restores (vaultraft.core.raft_snapshot): the active node
+    # replaces every key through ordinary log entries while client writes are refused.
+
+    async def begin_exclusive(self, reason: str) -> None:
+        """Refuse new writes (RaftError(``reason``)) until :meth:`end_exclusive` (leader only).
+
+        Queued and in-flight group commits fail with ConsensusStopped (their outcome is
+        unknown, as after a leader change); a no-op is then committed so that everything
+        submitted before is applied locally. Always pair with :meth:`end_exclusive`.
+        """
+        from vaultraft.raft.snapshot import WriteGate
+
+        if self._obj is None or self._queue is None:
+            raise ConsensusStopped("consensus stopped")
+        if isinstance(self._queue, WriteGate):
+            raise RaftError("another snapshot restore is in progress")
+        queue, self._queue = self._queue, WriteGate(reason)
+        committer, self._committer = self._committer, None
+        if committer is not None:
+            committer.cancel()
+            try:
+                await committer
+            except asyncio.CancelledError:
+                pass
+        while not queue.empty():
+            p = queue.get_nowait()
+            if not p.future.done():
+                p.future.set_exception(ConsensusStopped("a snapshot restore started before the write was committed"))
+        await self.noop()
+
+    async def apply_exclusive(self, batch: Batch) -> ApplyResult:
+        """Commit ``batch`` as one log entry of its own while :meth:`begin_exclusive` holds."""
+        cmd = Command(CommandKind.BATCHES, (batch,)).encode()
+        return (await self._submit(cmd, time.monotonic() + self.tuning.commit_timeout))[0]
+
+    async def end_exclusive(self) -> None:
+        """Accept writes again (a no-op unless :meth:`begin_exclusive` refused them)."""
+        from vaultraft.raft.snapshot import WriteGate
+
+        if not isinstance(self._queue, WriteGate):
+            return
+        if self._obj is None or self._loop is None:
+            self._queue = None
+            return
+        self._queue = asyncio.Queue()
+        self._committer = self._loop.create_task(self._commit_loop(), name="vr-raft-commit")
+
+
+def _consume(fut: asyncio.Future[None]) -> None:
+    """Mark a barrier's failure as seen even when every caller stopped waiting."""
+    if not fut.cancelled():
+        fut.exception()
 
 
 def _settle(fut: asyncio.Future[int], err: int) -> None:

@@ -31,6 +31,11 @@ class InmemStore:
         with self._lock:
             return self._data.get(key)
 
+    def peek(self, key: str) -> tuple[bool, bytes | None]:
+        """Always a miss: this store keeps no separate read cache (it is all memory), so
+        reads keep going through LocalPhysical's reader thread like any other store's."""
+        return False, None
+
     def list(self, prefix: str) -> builtins.list[str]:
         """Immediate children of ``prefix`` (folders end in ``/``), sorted.
 

@@ -19,6 +19,7 @@ from typing import Iterator, Sequence
 import lmdb
 
 from vaultraft.storage.batch import Batch, OpKind
+from vaultraft.storage.cache import ReadCache
 from vaultraft.storage.physical import ApplyResult
 
 #: LMDB's compiled-in key limit (``mdb_env_get_maxkeysize``); the in-memory store mirrors it.
@@ -103,14 +104,19 @@ class LMDBStore:
     MVCC lets reads proceed during a commit).
     """
 
-    def __init__(self, path: str, map_size: int = 1 << 30) -> None:
-        """Open (creating with mode 0700 if needed) the environment directory ``path``."""
+    def __init__(self, path: str, map_size: int = 1 << 30, *, cache: ReadCache | None = None) -> None:
+        """Open (creating with mode 0700 if needed) the environment directory ``path``.
+
+        ``cache`` (default: a new bounded :class:`ReadCache`) remembers what :meth:`get`
+        read; every write path of this class keeps it exact (see ``storage/cache.py``).
+        """
         os.makedirs(path, mode=0o700, exist_ok=True)
         os.chmod(path, 0o700)
         self.path = path
         self._map_size = map_size
         self._guard = RWLock()
         self._closed = False
+        self.cache = cache if cache is not None else ReadCache()
         self._open()
 
     def _open(self) -> None:
@@ -136,13 +142,28 @@ class LMDBStore:
     # -- reads ---------------------------------------------------------------------------
 
     def get(self, key: str) -> bytes | None:
-        """The bytes stored at ``key``, or None (also for a key too long to be stored)."""
+        """The bytes stored at ``key``, or None (also for a key too long to be stored).
+
+        Served from the read cache when it holds ``key``; otherwise read (blocking) and
+        remembered unless a write invalidated anything meanwhile.
+        """
+        hit, cached = self.cache.lookup(key)
+        if hit:
+            return cached
         k = key.encode("utf-8")
         if not k or len(k) > self._max_key:
             return None
+        gen = self.cache.generation()
         with self._guard.shared(), self._env.begin(db=self._data) as txn:
-            v = txn.get(k)
-            return None if v is None else bytes(v)
+            raw = txn.get(k)
+            v = None if raw is None else bytes(raw)
+        self.cache.fill(key, v, gen)
+        return v
+
+    def peek(self, key: str) -> tuple[bool, bytes | None]:
+        """Non-blocking: ``(True, value)`` when the read cache holds ``key`` (None: known
+        absent), else ``(False, None)``. Safe to call on an event loop."""
+        return self.cache.lookup(key)
 
     def list(self, prefix: str) -> builtins.list[str]:
         """Immediate children of ``prefix`` (folders end in ``/``), sorted.
@@ -204,18 +225,21 @@ class LMDBStore:
         """
         results: builtins.list[ApplyResult] = []
         applied = self._applied
-        with self._guard.shared(), self._env.begin(write=True) as txn:
-            for batch, index in batches:
-                if index <= applied:
-                    results.append(ApplyResult(index))
-                    continue
-                err = batch_error(batch, self._max_key)
-                if err is None:
-                    err = self._apply_nested(txn, batch)
-                results.append(ApplyResult(index, err))
-                applied = index
-            if applied != self._applied:
-                txn.put(_APPLIED_KEY, encode_index(applied), db=self._meta)
+        try:
+            with self._guard.shared(), self._env.begin(write=True) as txn:
+                for batch, index in batches:
+                    if index <= applied:
+                        results.append(ApplyResult(index))
+                        continue
+                    err = batch_error(batch, self._max_key)
+                    if err is None:
+                        err = self._apply_nested(txn, batch)
+                    results.append(ApplyResult(index, err))
+                    applied = index
+                if applied != self._applied:
+                    txn.put(_APPLIED_KEY, encode_index(applied), db=self._meta)
+        finally:  # after the commit (or a failure): drop what may have changed, before publishing
+            self.cache.invalidate([op.key for batch, _ in batches for op in batch.ops])
         self._applied = applied
         return results
 
@@ -251,24 +275,28 @@ class LMDBStore:
         if index <= self._applied:
             return [ApplyResult(index) for _ in batches]
         results: builtins.list[ApplyResult] = []
-        with self._guard.shared(), self._env.begin(write=True) as txn:
-            for batch in batches:
-                rid = batch.request_id
-                if rid:
-                    seen = txn.get(_REQ_PREFIX + rid, db=self._meta)
-                    if seen is not None:
-                        results.append(ApplyResult(int.from_bytes(seen, "big")))
-                        continue
-                err = batch_error(batch, self._max_key)
-                if err is None:
-                    err = self._apply_nested(txn, batch)
-                if rid and err is None:
-                    txn.put(_REQ_PREFIX + rid, encode_index(index), db=self._meta)
-                    txn.put(_REQIDX_PREFIX + encode_index(index) + rid, b"", db=self._meta)
-                results.append(ApplyResult(index, err))
-            self._prune_request_ids(txn, index)
-            txn.put(_APPLIED_KEY, encode_index(index), db=self._meta)
-            txn.put(_APPLIED_TERM_KEY, encode_index(term), db=self._meta)
+        try:
+            with self._guard.shared(), self._env.begin(write=True) as txn:
+                for batch in batches:
+                    rid = batch.request_id
+                    if rid:
+                        seen = txn.get(_REQ_PREFIX + rid, db=self._meta)
+                        if seen is not None:
+                            results.append(ApplyResult(int.from_bytes(seen, "big")))
+                            continue
+                    err = batch_error(batch, self._max_key)
+                    if err is None:
+                        err = self._apply_nested(txn, batch)
+                    if rid and err is None:
+                        txn.put(_REQ_PREFIX + rid, encode_index(index), db=self._meta)
+                        txn.put(_REQIDX_PREFIX + encode_index(index) + rid, b"", db=self._meta)
+                    results.append(ApplyResult(index, err))
+                self._prune_request_ids(txn, index)
+                txn.put(_APPLIED_KEY, encode_index(index), db=self._meta)
+                txn.put(_APPLIED_TERM_KEY, encode_index(term), db=self._meta)
+        finally:  # after the commit (or a failure): drop what may have changed, before publishing
+            if batches:
+                self.cache.invalidate([op.key for batch in batches for op in batch.ops])
         self._applied = index
         self._applied_term = term
         return results
@@ -320,6 +348,9 @@ class LMDBStore:
         """
         with self._guard.exclusive():
             self._env.close()
+            # Before _open publishes the new applied index: nothing cached from the old store
+            # may be served to a reader that waited for that index.
+            self.cache.clear()
             target = os.path.join(self.path, "data.mdb")
             os.replace(data_file, target)
             lock = os.path.join(self.path, "lock.mdb")
@@ -334,6 +365,7 @@ class LMDBStore:
         """Delete every key and the applied index (a node joining another cluster)."""
         with self._guard.exclusive():
             self._env.close()
+            self.cache.clear()
             shutil.rmtree(self.path, ignore_errors=True)
             os.makedirs(self.path, mode=0o700, exist_ok=True)
             self._open()
@@ -348,3 +380,4 @@ class LMDBStore:
         if not self._closed:
             self._closed = True
             self._env.close()
+            self.cache.clear()

@@ -1,6 +1,7 @@
 """The async :class:`Physical` for one node: a store driven off the event loop.
 
-Reads run on a dedicated reader thread. Writes go through a group committer: ``apply``
+Reads are answered from the store's read cache when it holds the key (a dict lookup, no
+thread hop) and otherwise run on a dedicated reader thread, batched per loop iteration. Writes go through a group committer: ``apply``
 only enqueues and awaits a future; one owned background task drains everything queued
 so far and commits it as ONE transaction (one fsync) on a dedicated writer thread,
 assigning consecutive log indexes. Under load many writers share one fsync; alone, a
@@ -19,6 +20,7 @@ from vaultraft.storage.batch import Batch
 from vaultraft.storage.inmem import InmemStore
 from vaultraft.storage.lmdb_store import LMDBStore
 from vaultraft.storage.physical import ApplyResult
+from vaultraft.storage.reader import BatchReader
 
 STORAGE_TYPES = ("raft", "inmem")
 
@@ -35,6 +37,7 @@ class KVStore(Protocol):
     """The synchronous store interface shared by :class:`LMDBStore` and :class:`InmemStore`."""
 
     def get(self, key: str) -> bytes | None: ...
+    def peek(self, key: str) -> tuple[bool, bytes | None]: ...
     def list(self, prefix: str) -> builtins.list[str]: ...
     def apply_many(self, batches: Sequence[tuple[Batch, int]]) -> builtins.list[ApplyResult]: ...
     def applied_index(self) -> int: ...
@@ -64,7 +67,7 @@ class LocalPhysical:
         self.storage_type = storage_type
         self._store = store
         self._max_group = max_group
-        self._reader = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="vr-store-read")
+        self._reader = BatchReader("vr-store-read")
         self._writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="vr-store-write")
         self._queue: asyncio.Queue[_Pending | None] | None = None
         self._task: asyncio.Task[None] | None = None
@@ -110,14 +113,23 @@ class LocalPhysical:
     # -- reads ---------------------------------------------------------------------------
 
     async def get(self, key: str) -> bytes | None:
-        """The stored bytes at ``key``, or None (read on the reader thread)."""
+        """The stored bytes at ``key``, or None: from the store's non-blocking read cache
+        when it has the answer, else read on the reader thread."""
         self._check_open()
-        return await asyncio.get_running_loop().run_in_executor(self._reader, self._store.get, key)
+        hit, value = self._store.peek(key)
+        if hit:
+            return value
+        return await self._reader.run(self._store.get, key)
+
+    def peek(self, key: str) -> tuple[bool, bytes | None]:
+        """Non-blocking: ``(True, value)`` when the store's read cache knows ``key`` (None:
+        absent), else ``(False, None)``."""
+        return self._store.peek(key)
 
     async def list(self, prefix: str) -> builtins.list[str]:
         """Immediate children of ``prefix`` (folders end in ``/``), sorted."""
         self._check_open()
-        return await asyncio.get_running_loop().run_in_executor(self._reader, self._store.list, prefix)
+        return await self._reader.run(self._store.list, prefix)
 
     def applied_index(self) -> int:
         """The index of the last batch committed locally."""
@@ -224,7 +236,7 @@ class LocalPhysical:
             async with self._applied_cond:
                 self._applied_cond.notify_all()
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(None, self._reader.shutdown, True)
+        await self._reader.aclose()
         await loop.run_in_executor(self._writer, self._store.close)
         self._writer.shutdown(wait=False)
         self._closed = True

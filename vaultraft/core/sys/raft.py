@@ -1,10 +1,15 @@
-"""sys/storage/raft/* (configuration, remove-peer, autopilot state) and sys/step-down."""
+"""sys/storage/raft/* (configuration, remove-peer, autopilot state, snapshots) and sys/step-down.
+
+The snapshot paths carry a binary body: the HTTP layer serves them with a streaming
+handler that still runs them through core's pipeline (token, ACL with sudo, audit), and
+hands over the file through :class:`vaultraft.core.raft_snapshot.Transfer`.
+"""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from vaultraft.core import raft_ops
+from vaultraft.core import raft_ops, raft_snapshot
 from vaultraft.framework import Field, FieldData, FieldType, Path
 from vaultraft.logical import Operation, Request, Response
 
@@ -27,6 +32,15 @@ def paths(core: "Core") -> list[Path]:
     async def step_down(req: Request, d: FieldData) -> None:
         await raft_ops.step_down(core)
 
+    async def snapshot_save(req: Request, d: FieldData) -> None:
+        await raft_snapshot.save(core, req)
+
+    async def snapshot_restore(req: Request, d: FieldData) -> None:
+        await raft_snapshot.restore(core, req, force=False)
+
+    async def snapshot_force(req: Request, d: FieldData) -> None:
+        await raft_snapshot.restore(core, req, force=True)
+
     return [
         Path(r"storage/raft/configuration", {Operation.READ: configuration},
              synopsis="Returns the configuration of the raft cluster."),
@@ -36,4 +50,9 @@ def paths(core: "Core") -> list[Path]:
         Path(r"storage/raft/autopilot/state", {Operation.READ: autopilot},
              synopsis="Returns the state of the raft cluster under integrated storage as seen by autopilot."),
         Path(r"step-down", {Operation.UPDATE: step_down}, synopsis="Cause the node to give up active status."),
+        Path(r"storage/raft/snapshot", {Operation.READ: snapshot_save, Operation.UPDATE: snapshot_restore},
+             synopsis="Returns a snapshot of the current state of vault, or installs a snapshot."),
+        Path(r"storage/raft/snapshot-force", {Operation.UPDATE: snapshot_force},
+             synopsis="Installs the provided snapshot, returning the cluster to the state defined in it; "
+                      "bypasses checks ensuring the unseal keys are consistent with the snapshot data."),
     ]

@@ -9,6 +9,12 @@ Layout under the view core hands us (``sys/token/`` behind the barrier)::
 
 A raw token id never appears in a key. Related keys change together in one
 ``write_batch`` (one storage batch, one Raft entry).
+
+Decoded entries are cached by hash, each with the stamp of the stored value it was decoded
+from (see ``BarrierView.get_stamped``); a cached entry is used only while the physical read
+cache still holds exactly that stored value. Every write, revocation, replicated change or
+snapshot install drops the stored value there, so the cache needs no invalidation of its
+own to stay exact — on the active node and on standbys alike, across role changes.
 """
 
 from __future__ import annotations
@@ -45,6 +51,8 @@ _INDEX_VALUE = b"1"
 # Deeper parent chains than this are treated as corrupt (Vault has no limit but no
 # real tree gets near it).
 MAX_DEPTH = 256
+#: Decoded token entries kept (by hash; first in, first out beyond this).
+ENTRY_CACHE_SIZE = 4096
 
 OnRevoke = Callable[[TokenEntry], Awaitable[None]]
 
@@ -107,6 +115,8 @@ class TokenStore:
         self._locks = _KeyLocks()
         self._revoking: set[str] = set()
         self._backend: Backend | None = None
+        self._entries: dict[str, tuple[object, TokenEntry]] = {}  # hash -> (stamp, decoded entry)
+        self.cache_hits = 0
 
     def now(self) -> float:
         """The store's clock (Unix seconds)."""
@@ -132,16 +142,48 @@ class TokenStore:
         return hmac.new(await self._key(), token_id.encode("utf-8"), hashlib.sha256).hexdigest()
 
     async def _load(self, h: str) -> TokenEntry | None:
-        found = await self._view.get(ID_PREFIX + h)
+        key = ID_PREFIX + h
+        cached = self._entries.get(h)
+        if cached is not None:
+            stamp_current = getattr(self._view, "stamp_current", None)
+            if stamp_current is not None and stamp_current(key, cached[0]):
+                self.cache_hits += 1
+                return cached[1]
+        get_stamped = getattr(self._view, "get_stamped", None)
+        stamp: object | None = None
+        if get_stamped is not None:
+            found, stamp = await get_stamped(key)
+        else:
+            found = await self._view.get(key)
         if found is None:
+            self._entries.pop(h, None)
             return None
         try:
-            return TokenEntry.decode(found.value)
+            entry = TokenEntry.decode(found.value)
         except ValueError:
             raise InternalError("failed to decode token entry") from None
+        if stamp is not None:
+            self._remember(h, stamp, entry)
+        return entry
+
+    def _remember(self, h: str, stamp: object, entry: TokenEntry) -> None:
+        self._entries.pop(h, None)
+        self._entries[h] = (stamp, entry)
+        while len(self._entries) > ENTRY_CACHE_SIZE:
+            del self._entries[next(iter(self._entries))]
+
+    def _forget(self, ops: Iterable[WriteOp]) -> None:
+        """Drop cached entries a write touches (hygiene: their stamps would fail anyway)."""
+        for op in ops:
+            if op.key.startswith(ID_PREFIX):
+                self._entries.pop(op.key[len(ID_PREFIX):], None)
+
+    async def _write(self, ops: list[WriteOp]) -> None:
+        self._forget(ops)
+        await self._view.write_batch(ops)
 
     async def _put(self, h: str, entry: TokenEntry) -> None:
-        await self._view.put(StorageEntry(ID_PREFIX + h, entry.encode()))
+        await self._write([WriteOp(ID_PREFIX + h, entry.encode())])
 
     # ---- creation -----------------------------------------------------------------------
 
@@ -245,7 +287,7 @@ class TokenStore:
             ops.append(WriteOp(f"{PARENT_PREFIX}{parent_hash}/{h}", _INDEX_VALUE))
         ops.append(WriteOp(ACCESSOR_PREFIX + entry.accessor, h.encode("ascii")))
         ops.append(WriteOp(ID_PREFIX + h, entry.encode()))
-        await self._view.write_batch(ops)
+        await self._write(ops)
         return entry
 
     # ---- lookup and use -----------------------------------------------------------------
@@ -386,7 +428,7 @@ class TokenStore:
                         orphaned = child.with_changes(parent_hash="", orphan=True)
                         ops.append(WriteOp(ID_PREFIX + c, orphaned.encode()))
                 ops.extend(self._delete_ops(h, entry, None))
-                await self._view.write_batch(ops)
+                await self._write(ops)
         finally:
             self._revoking.discard(h)
 
@@ -427,7 +469,7 @@ class TokenStore:
                 fresh = [c for c in listed if c not in seen]
                 looped = [c for c in listed if c in seen]
                 if looped:  # a cycle can only come from corruption: drop those index keys
-                    await self._view.write_batch([WriteOp(f"{PARENT_PREFIX}{node}/{c}", None) for c in looped])
+                    await self._write([WriteOp(f"{PARENT_PREFIX}{node}/{c}", None) for c in looped])
                 if fresh:
                     seen.update(fresh)
                     stack.extend((c, node) for c in fresh)
@@ -443,7 +485,7 @@ class TokenStore:
         if entry is not None and self._on_revoke is not None:
             await self._on_revoke(entry)
         async with self._locks.hold(h):
-            await self._view.write_batch(self._delete_ops(h, entry, index_parent))
+            await self._write(self._delete_ops(h, entry, index_parent))
         return 0 if entry is None else 1
 
     # ---- housekeeping -------------------------------------------------------------------
@@ -480,7 +522,7 @@ class TokenStore:
                 if not child.endswith("/") and await self._view.get(ID_PREFIX + child) is None:
                     stale.append(WriteOp(PARENT_PREFIX + folder + child, None))
         if stale:
-            await self._view.write_batch(stale)
+            await self._write(stale)
         return count
 
     async def accessors(self) -> list[str]:

@@ -8,6 +8,7 @@ patch, and list-response shaping.
 from __future__ import annotations
 
 import json
+import time
 from datetime import datetime, timezone
 from typing import Any
 
@@ -15,6 +16,7 @@ from vaultraft.framework import FieldData, parse_duration
 from vaultraft.logical import NotFound, Response
 
 NANOS = 1_000_000_000
+_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 
 
 def to_nanos(seconds: float) -> int:
@@ -34,10 +36,27 @@ def format_time(ns: int | None) -> str:
     if ns is None:
         return ""
     secs, frac = divmod(ns, NANOS)
-    base = datetime.fromtimestamp(secs, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+    base = _second_text(secs)
     if frac:
         base += "." + f"{frac:09d}".rstrip("0")
     return base + "Z"
+
+
+_last_second: tuple[int, str] = (-1, "")
+
+
+def _second_text(secs: int) -> str:
+    """``YYYY-MM-DDTHH:MM:SS`` of a whole UTC second (the last one asked is remembered:
+    a burst of writes formats the same second over and over)."""
+    global _last_second
+    cached_secs, text = _last_second
+    if secs != cached_secs:
+        if secs >= 0:
+            text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs))
+        else:  # before 1970: gmtime is platform-dependent there
+            text = datetime.fromtimestamp(secs, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+        _last_second = (secs, text)
+    return text
 
 
 def go_duration(seconds: int) -> str:
@@ -81,8 +100,9 @@ def ttl_seconds(value: Any) -> int | None:
 
 
 def encode_json(obj: Any) -> bytes:
-    """Compact JSON bytes of a stored value (never pickle)."""
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    """Compact JSON bytes of a stored value (never pickle); one reused encoder, output
+    identical to ``json.dumps(obj, separators=(",", ":"), ensure_ascii=False)``."""
+    return _JSON.encode(obj).encode("utf-8")
 
 
 def decode_json(raw: bytes) -> Any:

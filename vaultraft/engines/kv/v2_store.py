@@ -14,6 +14,7 @@ log entry never leaves metadata pointing at missing data.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping
@@ -142,7 +143,9 @@ def add_version(meta: KeyMeta, vm: VersionMeta, config_max: int) -> tuple[KeyMet
     return new, pruned
 
 
+@functools.lru_cache(maxsize=4096)
 def _path_hash(path: str) -> str:
+    """hex SHA-256 of a secret's path (pure; a write asks for it several times)."""
     return hashlib.sha256(path.encode("utf-8")).hexdigest()
 
 

@@ -1,0 +1,59 @@
+"""Hot-path helpers: the precomputed quorum lease, the journal sync thread, the one-regex
+sudo check, and the log processors that must print exactly what structlog's would."""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from pathlib import Path
+
+import structlog
+
+from vaultraft.core.pipeline import _SUDO_PATTERNS, needs_sudo
+from vaultraft.logging import JSONLines, UTCStamper
+from vaultraft.raft.background import JournalSync, lease_expiry
+
+
+def test_lease_expiry_matches_the_quorum_rule() -> None:
+    """expiry(t) is the instant after which "1 + #fresh followers > size/2" turns false."""
+    lease = 0.2
+    for size, times in [(3, [10.0, 9.0]), (3, [5.0]), (5, [10.0, 9.5, 9.0, 1.0]), (4, [3.0, 2.0, 1.0]),
+                        (2, [7.0])]:
+        expiry = lease_expiry(times, size, lease)
+        for now in [x / 100 + 0.005 for x in range(0, 1200)]:  # off the float-rounded boundaries
+            fresh = sum(1 for t in times if now - t < lease)
+            assert (now < expiry) == (1 + fresh > size / 2), (size, times, now, expiry)
+    assert lease_expiry([], 1, lease) == math.inf
+    assert lease_expiry([], 3, lease) == -math.inf
+
+
+def test_journal_sync_thread(tmp_path: Path) -> None:
+    journal = tmp_path / "journal"
+    sync = JournalSync(str(journal), 0.01)
+    assert not sync.sync_once()  # not created yet: nothing to sync, not an error
+    journal.write_bytes(b"x" * 100)
+    assert sync.sync_once()
+    sync.start()
+    time.sleep(0.1)
+    sync.stop()
+    assert sync.syncs >= 3
+
+
+def test_sudo_regex_is_the_union_of_the_patterns() -> None:
+    probes = ["sys/audit", "sys/audit/x", "sys/auditx", "sys/auth/", "sys/auth/x", "sys/raw", "sys/rawx",
+              "sys/raw/a/b", "auth/token/accessors", "auth/token/accessors/", "auth/token/accessorsx",
+              "sys/storage/raft/snapshot", "sys/storage/raft/snapshot-force", "sys/seal", "sys/sealx",
+              "sys/rotate/config", "secret/data/x", "sys/leases/lookup/a", "sys/leases/lookup",
+              "auth/token/revoke-orphan", "auth/token/revoke-orphan/x", "sys/step-down", ""]
+    for p in probes:
+        assert needs_sudo(p) == any(re.fullmatch(rx, p) for rx in _SUDO_PATTERNS), p
+
+
+def test_log_processors_print_what_structlog_would() -> None:
+    ours = UTCStamper()({}, "info", {})["timestamp"]
+    theirs = structlog.processors.TimeStamper(fmt="iso", utc=True)(None, "info", {})["timestamp"]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", ours)
+    assert len(ours) == len(theirs) and ours[:17] == theirs[:17]
+    event = {"event": "x", "n": 1, "f": 1.5, "s": "é", "none": None, "obj": object(), "l": [1, "a"]}
+    assert JSONLines()(None, "info", dict(event)) == structlog.processors.JSONRenderer()(None, "info", dict(event))

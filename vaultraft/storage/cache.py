@@ -1,0 +1,112 @@
+"""A bounded read cache of stored bytes (barrier ciphertext), exact under concurrent writes.
+
+The store that owns a :class:`ReadCache` is the only writer of its data, so it can keep the
+cache exact with two rules (see ``storage/DESIGN.md``):
+
+1. **Invalidate after commit.** Every write transaction, once committed (or failed), drops
+   the keys it touched and bumps the generation — before the store publishes the new
+   applied index, so anything that waits for that index (a client's ack, a read barrier,
+   ``X-Vault-Index``) finds the keys already dropped. Replacing the whole store (snapshot
+   install, wipe) clears everything.
+2. **Fill only if nothing was invalidated meanwhile.** A reader takes the generation *before*
+   it opens its read transaction and inserts what it read only if the generation is still the
+   same. A read that raced a commit may have seen the old value; the commit's invalidation
+   then bumped the generation, so the old value is never inserted after its invalidation.
+
+``None`` (a key known to be absent) is cached like any value. The cache holds what the
+physical layer holds — ciphertext — never plaintext.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Iterable
+
+#: Default bounds: entries and bytes of cached values (FIFO eviction beyond either).
+DEFAULT_MAX_ENTRIES = 16_384
+DEFAULT_MAX_BYTES = 32 << 20
+#: Values larger than this are never cached (they would evict too much).
+MAX_VALUE_BYTES = 256 << 10
+
+_MISS = object()
+
+
+class ReadCache:
+    """key → bytes | None, bounded by entry count and bytes; thread-safe.
+
+    Lookups are O(1) under a short lock; eviction is first-in-first-out (a key re-filled
+    after an invalidation goes to the back).
+    """
+
+    def __init__(self, max_entries: int = DEFAULT_MAX_ENTRIES, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+        """An empty cache; ``max_entries`` 0 disables caching."""
+        if max_entries < 0 or max_bytes < 0:
+            raise ValueError("cache bounds must not be negative")
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self._lock = threading.Lock()
+        self._map: dict[str, bytes | None] = {}
+        self._bytes = 0
+        self._gen = 0
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._map)
+
+    @property
+    def size_bytes(self) -> int:
+        """Bytes of cached values."""
+        return self._bytes
+
+    def lookup(self, key: str) -> tuple[bool, bytes | None]:
+        """``(True, value)`` when ``key`` is cached (value None: known absent), else ``(False, None)``."""
+        with self._lock:
+            v = self._map.get(key, _MISS)
+        if v is _MISS:
+            self.misses += 1
+            return False, None
+        self.hits += 1
+        return True, v  # type: ignore[return-value]
+
+    def generation(self) -> int:
+        """The current generation; take it BEFORE reading the store for :meth:`fill`."""
+        with self._lock:
+            return self._gen
+
+    def fill(self, key: str, value: bytes | None, generation: int) -> bool:
+        """Insert what a read that started at ``generation`` found; False (not inserted)
+        when anything was invalidated since, or the value is too large to cache."""
+        size = 0 if value is None else len(value)
+        if self.max_entries == 0 or size > MAX_VALUE_BYTES:
+            return False
+        with self._lock:
+            if generation != self._gen:
+                return False
+            old = self._map.pop(key, _MISS)
+            if old is not _MISS and old is not None:
+                self._bytes -= len(old)  # type: ignore[arg-type]
+            self._map[key] = value
+            self._bytes += size
+            while len(self._map) > self.max_entries or self._bytes > self.max_bytes:
+                victim = next(iter(self._map))
+                gone = self._map.pop(victim)
+                if gone is not None:
+                    self._bytes -= len(gone)
+        return True
+
+    def invalidate(self, keys: Iterable[str]) -> None:
+        """Drop ``keys`` and bump the generation (call after the write that touched them)."""
+        with self._lock:
+            self._gen += 1
+            for k in keys:
+                gone = self._map.pop(k, _MISS)
+                if gone is not _MISS and gone is not None:
+                    self._bytes -= len(gone)  # type: ignore[arg-type]
+
+    def clear(self) -> None:
+        """Drop everything and bump the generation (the whole store was replaced)."""
+        with self._lock:
+            self._gen += 1
+            self._map.clear()
+            self._bytes = 0

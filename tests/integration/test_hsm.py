@@ -233,8 +233,16 @@ def test_seal_migration_shamir_to_pkcs11_and_back(tmp_path: Path, token: Token) 
         restart(node)
         status = client.sys.read_seal_status()
         assert status["sealed"] is True and status["migration"] is True and status["type"] == "pkcs11"
-        client.sys.submit_unseal_key(keys[1], migrate=True)
-        s = client.sys.submit_unseal_key(keys[2], migrate=True)
+        # this direction through the CLI, as an operator would type it
+        from cluster.node import vaultraft_exe
+
+        env = {**os.environ, "VAULT_ADDR": node.addr}
+        env.pop("VAULT_TOKEN", None)
+        for k in (keys[1], keys[2]):
+            out = subprocess.run([vaultraft_exe(), "operator", "unseal", "-migrate", k], env=env,
+                                 capture_output=True, text=True, timeout=60)
+            assert out.returncode == 0, out.stderr
+        s = client.sys.read_seal_status()
         assert s["sealed"] is False and s["type"] == "shamir"
         node.extra_config = ""
         node.write_config()

@@ -362,6 +362,9 @@ def test_key_ceremonies_through_a_standby(tmp_path: Path, home: Path) -> None:
         rk = via_standby.sys.start_rekey(secret_shares=2, secret_threshold=2)
         done = via_standby.sys.rekey_multi(keys[:2], nonce=rk["nonce"])
         new = done["keys"]
+        # let the standby apply the rekey before it goes down (replication is asynchronous
+        # to the standby; the quorum may have been the other two nodes)
+        lc.wait_caught_up(standby, timeout=30)
         standby.stop()
         standby.start()
         restarted = hvac.Client(url=standby.addr)

@@ -21,7 +21,7 @@ def test_lease_expiry_matches_the_quorum_rule() -> None:
     for size, times in [(3, [10.0, 9.0]), (3, [5.0]), (5, [10.0, 9.5, 9.0, 1.0]), (4, [3.0, 2.0, 1.0]),
                         (2, [7.0])]:
         expiry = lease_expiry(times, size, lease)
-        for now in [x / 100 + 0.005 for x in range(0, 1200)]:  # off the float-rounded boundaries
+        for now in [x / 100 + 0.005 for x in range(1200)]:  # off the float-rounded boundaries
             fresh = sum(1 for t in times if now - t < lease)
             assert (now < expiry) == (1 + fresh > size / 2), (size, times, now, expiry)
     assert lease_expiry([], 1, lease) == math.inf

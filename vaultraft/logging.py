@@ -11,6 +11,7 @@ import json
 import logging
 import sys
 import time
+from collections.abc import MutableMapping
 from typing import Any
 
 import structlog
@@ -27,7 +28,7 @@ class UTCStamper:
         self._second = -1
         self._prefix = ""
 
-    def __call__(self, logger: Any, method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    def __call__(self, logger: Any, method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
         """Set ``event_dict["timestamp"]`` to the current UTC time."""
         now = time.time()
         second = int(now)
@@ -52,7 +53,7 @@ class JSONLines:
     def __init__(self) -> None:
         self._encoder = json.JSONEncoder(default=_fallback)
 
-    def __call__(self, logger: Any, method: str, event_dict: dict[str, Any]) -> str:
+    def __call__(self, logger: Any, method: str, event_dict: MutableMapping[str, Any]) -> str:
         """The event as one JSON object."""
         return self._encoder.encode(event_dict)
 

@@ -62,6 +62,13 @@ def tls_context(listener: ListenerConfig) -> ssl.SSLContext | None:
     return ctx
 
 
+def _truthy(value: object) -> bool:
+    """A config boolean as Vault reads them (true/false, 1/0, yes/no, on/off)."""
+    if isinstance(value, bool):
+        return value
+    return str(value).strip().lower() in ("1", "t", "true", "y", "yes", "on")
+
+
 def write_pid_file(path: str | None) -> None:
     """Write this process's PID to ``pid_file`` (as Vault), mode 0644."""
     if path:
@@ -185,7 +192,7 @@ async def serve(config: ServerConfig, dev: DevOptions | None) -> int:
         max_lease_ttl=config.max_lease_ttl,
         api_addr=api_addr,
         cluster_addr=config.cluster_addr or f"https://{listener.cluster_address}",
-        performance_standby=str(st.options.get("performance_standby", "false")).lower() in ("true", "1"),
+        performance_standby=_truthy(st.options.get("performance_standby", False)),
     ))
     if dev is None:
         try:

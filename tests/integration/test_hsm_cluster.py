@@ -64,3 +64,22 @@ def test_hsm_cluster_joins_and_auto_unseals(tmp_path: Path, token: Token) -> Non
     finally:
         for n in nodes:
             n.stop()
+
+
+def test_cli_init_with_hsm_defaults_to_recovery_keys(tmp_path: Path, token: Token) -> None:
+    import os
+    import subprocess
+
+    from cluster.node import vaultraft_exe
+
+    node = Node(tmp_path / "n", extra_config=token.stanza())
+    try:
+        node.start()
+        env = {**os.environ, "VAULT_ADDR": node.addr, "HOME": str(tmp_path)}
+        env.pop("VAULT_TOKEN", None)
+        out = subprocess.run([vaultraft_exe(), "operator", "init"], env=env, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.count("Recovery Key ") == 5 and "Unseal Key" not in out.stdout
+        assert wait_health(node, {200}) == 200
+    finally:
+        node.stop()

@@ -489,6 +489,7 @@ def test_status_exit_codes_and_json(cli: Invoke, vault: CannedVault) -> None:
 
 def test_operator_init_prints_keys_and_root_token(cli: Invoke, vault: CannedVault) -> None:
     vault.on("PUT", "/v1/sys/init", 200, {"keys": ["aa", "bb"], "keys_base64": ["qg==", "uw=="], "root_token": "hvs.root"})
+    vault.on("GET", "/v1/sys/seal-status", 200, {"type": "shamir", "initialized": False, "recovery_seal": False})
     code, out, _ = cli("operator", "init", "-key-shares=2", "-key-threshold=2")
     assert code == 0
     assert vault.requests("/v1/sys/init")[0].body == {"secret_shares": 2, "secret_threshold": 2}

@@ -155,11 +155,17 @@ def cmd_init(ctx: Context, argv: Sequence[str]) -> int:
         else:
             inv.ui.data({"Initialized": initialized})
         return EXIT_OK if initialized else EXIT_REMOTE
-    shares = inv.flags.number("key-shares") or 0
-    threshold = inv.flags.number("key-threshold") or 0
-    request: dict[str, Any] = {"secret_shares": shares, "secret_threshold": threshold}
+    # As Vault's CLI: with an auto-unseal seal the defaults are recovery shares (5/3) and
+    # no key shares; with Shamir, key shares (5/3) and no recovery shares.
+    with api_errors("Error checking seal status", EXIT_LOCAL):
+        seal = inv.client.call("GET", "sys/seal-status") or {}
+    auto = bool(seal.get("recovery_seal"))
+    request: dict[str, Any] = {}
+    if not auto or inv.flags.is_set("key-shares") or inv.flags.is_set("key-threshold"):
+        request["secret_shares"] = inv.flags.number("key-shares") or 0
+        request["secret_threshold"] = inv.flags.number("key-threshold") or 0
     for flag, key in (("recovery-shares", "recovery_shares"), ("recovery-threshold", "recovery_threshold")):
-        if inv.flags.is_set(flag):
+        if inv.flags.is_set(flag) or auto:
             request[key] = inv.flags.number(flag)
     from vaultraft.cli.operator_keys import pgp_key_list, read_pgp_key_file
 
@@ -169,6 +175,8 @@ def cmd_init(ctx: Context, argv: Sequence[str]) -> int:
             request[key] = keys
     if inv.flags.text("root-token-pgp-key"):
         request["root_token_pgp_key"] = read_pgp_key_file(inv.flags.text("root-token-pgp-key"))
+    shares = int(request.get("secret_shares") or 0)
+    threshold = int(request.get("secret_threshold") or 0)
     with api_errors("Error initializing"):
         resp = inv.client.call("PUT", "sys/init", body=request) or {}
     keys_hex = list(resp.get("keys") or [])

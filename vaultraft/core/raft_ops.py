@@ -105,7 +105,7 @@ async def join(core: "Core", leader_api_addr: str, non_voter: bool = False) -> N
 async def complete_join(core: "Core", root_key: bytes) -> None:
     """After the joiner's unseal keys produced ``root_key``: answer, join, sync, unseal."""
     raft = _raft(core)
-    transport, peers = await core.joiner.answer(root_key, raft.node_id, raft.self_addr)
+    transport, peers = await core.joiner.answer(root_key, raft.node_id, raft.self_addr, core.settings.api_addr)
     await raft.stop_consensus()
     await asyncio.to_thread(raft.store.wipe)
     raft_dir = os.path.join(raft.data_dir, "raft")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import os
 import threading
-from typing import Iterable
+from collections.abc import Iterable
 
 import structlog
 

@@ -306,7 +306,7 @@ class RaftPhysical:
             if noop is None or obj.raftLastApplied < noop:
                 return False
             term, expiry = self._lease  # recomputed by the tick thread (see _on_tick)
-            return term == obj._getTerm() and raft_clock() < expiry
+            return bool(term == obj._getTerm() and raft_clock() < expiry)
         except AttributeError:
             return False
 

@@ -20,7 +20,7 @@ physical layer holds — ciphertext — never plaintext.
 from __future__ import annotations
 
 import threading
-from typing import Iterable
+from collections.abc import Iterable
 
 #: Default bounds: entries and bytes of cached values (FIFO eviction beyond either).
 DEFAULT_MAX_ENTRIES = 16_384

@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import queue
 import threading
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -75,7 +76,7 @@ class BatchReader:
             for fn, arg, _ in items:
                 try:
                     results.append((True, fn(arg)))
-                except BaseException as e:  # delivered to the awaiting coroutine
+                except BaseException as e:  # noqa: BLE001 - delivered to the awaiting coroutine
                     results.append((False, e))
             try:
                 loop.call_soon_threadsafe(_deliver, items, results)

@@ -288,3 +288,16 @@ def test_request_id_window_is_pruned(tmp_path, monkeypatch) -> None:  # type: ig
     res = store.apply_entry(11, 1, [Batch((Op.put("k8", b"again"),), b"r8")])
     assert res[0].index == 8 and store.get("k8") == b"v"
     store.close()
+
+
+def test_inmem_snapshot_is_an_lmdb_copy(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from vaultraft.storage import Batch, Op
+    from vaultraft.storage.inmem import InmemStore
+    from vaultraft.storage.lmdb_store import LMDBStore
+
+    mem = InmemStore()
+    mem.apply(Batch((Op.put("a/b", b"1"), Op.put("c", b"2"))), 7)
+    mem.snapshot_to(str(tmp_path / "snap"))
+    copy = LMDBStore(str(tmp_path / "snap"))
+    assert copy.get("a/b") == b"1" and copy.get("c") == b"2" and copy.applied_index() == 7
+    copy.close()

@@ -107,8 +107,16 @@ class InmemStore:
             del self._keys[i]
 
     def snapshot_to(self, path: str) -> None:
-        """Not supported: an in-memory store has nothing on disk to copy."""
-        raise NotImplementedError("the in-memory store cannot write a snapshot")
+        """Write the same LMDB environment an LMDBStore snapshot would contain (new dir
+        ``path``): every key and the applied index, in one transaction."""
+        from vaultraft.storage.batch import Batch, Op
+        from vaultraft.storage.lmdb_store import LMDBStore
+
+        target = LMDBStore(path)
+        try:
+            target.apply(Batch(tuple(Op.put(k, v) for k, v in self.all_items())), max(self.applied_index(), 1))
+        finally:
+            target.close()
 
     def close(self) -> None:
         """Nothing to release; idempotent."""

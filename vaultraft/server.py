@@ -172,7 +172,8 @@ async def open_physical(config: ServerConfig) -> Physical:
         os.makedirs(st.path, mode=0o700, exist_ok=True)
         store = await asyncio.to_thread(LMDBStore, os.path.join(st.path, "vault.db"))
         return RaftPhysical(store, data_dir=st.path, node_id=node_id_for(config),
-                            self_addr=cluster_self_addr(config, config.listeners[0]))
+                            self_addr=cluster_self_addr(config, config.listeners[0]),
+                            bind_addr=config.listeners[0].cluster_address)
     return await LocalPhysical.open(st.type, st.path)
 
 

@@ -135,10 +135,13 @@ class RaftPhysical:
     storage_type = "raft"
 
     def __init__(self, store: LMDBStore, *, data_dir: str, self_addr: str, node_id: str,
-                 tuning: RaftTuning = RaftTuning(), observer: ApplyObserver | None = None) -> None:
+                 tuning: RaftTuning = RaftTuning(), observer: ApplyObserver | None = None,
+                 bind_addr: str | None = None) -> None:
         self.store = store
         self.data_dir = data_dir
         self.self_addr = self_addr
+        # where the Raft port listens (the listener's cluster_address); defaults to self_addr
+        self.bind_addr = bind_addr or self_addr
         self.node_id = node_id
         self.tuning = tuning
         self.fsm = StateMachine(store, observer)
@@ -195,6 +198,7 @@ class RaftPhysical:
         serializer, deserializer = pysyncobj_hooks(self.store, TCPNode, self._on_snapshot_installed)
         t = self.tuning
         conf = SyncObjConf(
+            bindAddress=self.bind_addr,
             journalFile=os.path.join(raft_dir, "journal"),
             fullDumpFile=os.path.join(raft_dir, "snapshot"),
             serializer=serializer,

@@ -109,3 +109,8 @@ def test_plaintext_never_reaches_disk(fresh_node: Node) -> None:
                 found.append(str(f))
     assert found == []
     assert any(f.is_file() for f in fresh_node.data_dir.rglob("*"))
+    # pysyncobj's own journal is pickle on disk (hazard 6): only the node may reach it
+    import stat
+    for d in (fresh_node.data_dir / "raft", fresh_node.data_dir / "vault.db"):
+        assert d.is_dir() and stat.S_IMODE(d.stat().st_mode) == 0o700, d
+    assert (fresh_node.data_dir / "raft" / "journal").exists()

@@ -31,7 +31,7 @@ from vaultraft.raft.transport import make_transport_class, node_id_is_address
 from vaultraft.storage import ApplyResult, Batch, Op
 from vaultraft.storage.lmdb_store import LMDBStore
 
-FAST = RaftTuning(election_min=0.2, election_max=0.5, heartbeat=0.03, commit_timeout=5.0)
+FAST = RaftTuning(election_min=0.3, election_max=0.8, heartbeat=0.03, commit_timeout=5.0)
 
 
 def free_ports(n: int) -> list[int]:
@@ -247,7 +247,7 @@ async def test_failover_then_restart_catches_up(cluster: Cluster) -> None:
 
 
 async def test_stopped_node_catches_up_through_snapshot(tmp_path: Path) -> None:
-    tuning = RaftTuning(election_min=0.2, election_max=0.5, heartbeat=0.03, commit_timeout=5.0,
+    tuning = RaftTuning(election_min=0.3, election_max=0.8, heartbeat=0.03, commit_timeout=5.0,
                         log_compaction_entries=50)
     c = Cluster(tmp_path, tuning)
     await c.start()
@@ -278,6 +278,8 @@ async def test_stopped_node_catches_up_through_snapshot(tmp_path: Path) -> None:
         assert await lagging.p.get("s/089") == b"89" and await lagging.p.get("early") == b"1"
         assert os.path.exists(lagging.data_dir / "raft" / "snapshot")  # it received the leader's snapshot
         # dedup state arrived with the snapshot: a retried request id is not applied again
+        # (leadership may have moved while the lagging node rejoined: ask the current leader)
+        leader = await c.leader()
         r = await leader.p.apply(put("s/000", b"changed", rid=b"snap-0"))
         assert r.error is None and r.index < leader.p.applied_index()
         await c.converge([leader, lagging])
@@ -343,7 +345,7 @@ async def test_lost_callback_retry_applies_exactly_once(cluster: Cluster, monkey
 
 
 async def test_minority_loses_lease_and_fails_fast(tmp_path: Path) -> None:
-    tuning = RaftTuning(election_min=0.2, election_max=0.5, heartbeat=0.03, commit_timeout=1.0)
+    tuning = RaftTuning(election_min=0.3, election_max=0.8, heartbeat=0.03, commit_timeout=1.0)
     c = Cluster(tmp_path, tuning)
     await c.start()
     try:

@@ -11,13 +11,12 @@ from __future__ import annotations
 import asyncio
 import json
 from dataclasses import dataclass
-from typing import Any, Callable
 
 import structlog
 
 from vaultraft.logical import NotLeader, StorageEntry, StorageView, Unavailable
 from vaultraft.raft.node import CommitTimeout, ConsensusStopped, NotLeaderError, RaftPhysical
-from vaultraft.raft.tls import ClusterCA, NodeCert
+from vaultraft.raft.tls import ClusterCA, NodeCert, address_ips
 from vaultraft.raft.transport import make_transport_class, node_id_is_address
 
 #: Largest Raft frame: a full append batch plus one maximal request (32 MiB).
@@ -68,10 +67,9 @@ class ClusterLink:
 
     def _transport(self, ca: ClusterCA) -> type:
         assert self.raft is not None
-        host = self.raft.self_addr.rsplit(":", 1)[0].strip("[]")
         # A node's certificate names its Raft address, so a peer can check that whoever
         # dials in as "host:port" really holds the certificate for that address.
-        cert: NodeCert = ca.issue(self.raft.self_addr, ips=[host] if _is_ip(host) else [])
+        cert: NodeCert = ca.issue(self.raft.self_addr, ips=address_ips(self.raft.self_addr))
         return cluster_transport(cert)
 
     async def start_for_init(self, cluster_id: str) -> None:
@@ -157,16 +155,3 @@ def _ca_to_bytes(ca: ClusterCA) -> bytes:
 def _ca_from_bytes(raw: bytes) -> ClusterCA:
     d = json.loads(raw)
     return ClusterCA.from_pem(d["cluster_id"], d["cert"].encode(), d["key"].encode())
-
-
-def _is_ip(host: str) -> bool:
-    import ipaddress
-
-    try:
-        ipaddress.ip_address(host)
-        return True
-    except ValueError:
-        return False
-
-
-RoleCallback = Callable[[bool], Any]

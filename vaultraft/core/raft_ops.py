@@ -22,6 +22,7 @@ from vaultraft.core.seal_manager import ROOT_KEY_KEY
 from vaultraft.core.seal_state import HSM_ROOT_KEY_KEY
 from vaultraft.logical import InvalidRequest, NotLeader, Sealed, StorageEntry
 from vaultraft.raft.node import RaftPhysical
+from vaultraft.raft.tls import address_ips
 
 if TYPE_CHECKING:
     from vaultraft.core.core import Core
@@ -172,8 +173,7 @@ async def accept_answer(core: "Core", body: dict[str, Any]) -> dict[str, Any]:
         raise InvalidRequest("answer must be base64") from None
     core.challenges.verify(server_id, answer)
     ca = await core.cluster.load_ca(core.unsealed.sys_view)
-    host = cluster_addr.rsplit(":", 1)[0].strip("[]")
-    cert = ca.issue(cluster_addr, public_key.encode(), ips=[host] if _is_ip(host) else [])
+    cert = ca.issue(cluster_addr, public_key.encode(), ips=address_ips(cluster_addr))
     peers = sorted(set(raft.status().peers) | {raft.self_addr})
     # Record the node while the current configuration can still commit it; the joiner
     # must be running before a configuration that includes it can commit anything.
@@ -251,13 +251,3 @@ async def step_down(core: "Core") -> None:
     """``sys/step-down``: hand leadership to another member (no-op when alone)."""
     raft = _raft(core)
     await raft.transfer_leadership()
-
-
-def _is_ip(host: str) -> bool:
-    import ipaddress
-
-    try:
-        ipaddress.ip_address(host)
-        return True
-    except ValueError:
-        return False

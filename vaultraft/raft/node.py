@@ -19,7 +19,7 @@ import math
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import structlog
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
@@ -632,5 +632,3 @@ def _settle_pair(fut: asyncio.Future[tuple[Any, int]], result: Any, err: int) ->
     if not fut.done():
         fut.set_result((result, err))
 
-
-ObserverFactory = Callable[[], ApplyObserver]

@@ -304,6 +304,12 @@ def _san(node_id: str, ips: Iterable[str]) -> list[x509.GeneralName]:
     return names
 
 
+def address_ips(address: str) -> list[str]:
+    """The IP SANs a node certificate for Raft address ``host:port`` needs (none for a DNS name)."""
+    host = address.rsplit(":", 1)[0].strip("[]")
+    return [host] if _is_ip(host) else []
+
+
 def _is_ip(value: str) -> bool:
     try:
         ipaddress.ip_address(value)

@@ -58,8 +58,11 @@ def test_command_round_trip() -> None:
     assert back.batches[0].ops[1].local is True and back.batches[0].request_id == b"rid-1"
     noop = Command(CommandKind.NOOP, nonce=os.urandom(8))
     assert Command.decode(noop.encode()) == noop
-    # the wire format is exactly [version, kind, [batch bytes], nonce]
-    assert msgpack.unpackb(raw, raw=False) == [COMMAND_VERSION, 1, [b.encode() for b in batches], b"nonce"]
+    # the wire format is exactly [version, kind, [batch bytes], nonce, {"ts": leader time}]
+    assert msgpack.unpackb(raw, raw=False) == [COMMAND_VERSION, 1, [b.encode() for b in batches], b"nonce", {"ts": 0}]
+    # version 1 entries (written before replication existed) still decode
+    v1 = msgpack.packb([1, 1, [b.encode() for b in batches], b"nonce"], use_bin_type=True)
+    assert Command.decode(v1) == cmd
 
 
 @pytest.mark.parametrize("raw", [
@@ -83,14 +86,14 @@ def test_garbage_is_a_decode_error(raw: bytes) -> None:
 
 
 def test_unknown_version_and_kind() -> None:
-    with pytest.raises(CommandDecodeError, match="unknown command version 2"):
-        Command.decode(msgpack.packb([COMMAND_VERSION + 1, 1, [], b""], use_bin_type=True))
+    with pytest.raises(CommandDecodeError, match="unknown command version 3"):
+        Command.decode(msgpack.packb([COMMAND_VERSION + 1, 1, [], b"", {}], use_bin_type=True))
     with pytest.raises(CommandDecodeError, match="unknown command version"):
         Command.decode(msgpack.packb(["1", 1, [], b""], use_bin_type=True))
     with pytest.raises(CommandDecodeError, match="unknown command kind 9"):
-        Command.decode(msgpack.packb([COMMAND_VERSION, 9, [], b""], use_bin_type=True))
+        Command.decode(msgpack.packb([COMMAND_VERSION, 9, [], b"", {}], use_bin_type=True))
     with pytest.raises(CommandDecodeError, match="unknown command kind"):
-        Command.decode(msgpack.packb([COMMAND_VERSION, None, [], b""], use_bin_type=True))
+        Command.decode(msgpack.packb([COMMAND_VERSION, None, [], b"", {}], use_bin_type=True))
 
 
 # -- the state machine ---------------------------------------------------------------------

@@ -1,25 +1,32 @@
 """Raft log commands: versioned msgpack, never pickle.
 
 A log entry carries one command. ``BATCHES`` holds the storage batches of one group
-commit (several clients' writes, applied in one LMDB transaction); ``NOOP`` is written by
-a new leader to commit entries of earlier terms and to prove it holds a quorum.
+commit (several clients' writes, applied in one LMDB transaction) and the active node's
+timestamp (for WAL retention by age; the state machine never reads a clock); ``NOOP`` is
+written by a new leader to commit entries of earlier terms and to prove it holds a quorum.
+The ``REPL_*`` kinds are written only by a replication secondary's active node: they apply
+what its primary shipped (a bulk sync's reset, chunks and end; WAL entries).
 
 Wire format::
 
-    [COMMAND_VERSION, kind, [batch_bytes, ...], nonce]
+    v1: [1, kind, [batch_bytes, ...], nonce]
+    v2: [2, kind, [batch_bytes, ...], nonce, {"ts": int, "lineage": str, "remote": int,
+                                              "items": [[key, value], ...], "wal": [wal_bytes, ...]}]
 """
 
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
 
 from vaultraft.storage import Batch, BatchDecodeError
+from vaultraft.storage.wal import WalDecodeError, WalEntry
 
-COMMAND_VERSION = 1
+COMMAND_VERSION = 2
+_V1 = 1
 
 
 class CommandDecodeError(ValueError):
@@ -31,44 +38,81 @@ class CommandKind(enum.IntEnum):
 
     BATCHES = 1
     NOOP = 2
+    REPL_RESET = 3  # a bulk sync starts: drop every key but cluster-own ones
+    REPL_PUT = 4  # one chunk of a bulk sync's (key, ciphertext) pairs
+    REPL_END = 5  # a bulk sync completed at remote index ``remote``
+    REPL_WAL = 6  # shipped WAL entries, applied in order
 
 
 @dataclass(frozen=True)
 class Command:
-    """One log entry's payload."""
+    """One log entry's payload. ``raw_batches`` are the encoded ``batches`` as received
+    (kept by :meth:`decode` so the WAL records them without re-encoding)."""
 
     kind: CommandKind
     batches: tuple[Batch, ...] = ()
     nonce: bytes = b""
+    ts_ms: int = 0
+    lineage: str = ""
+    remote_index: int = 0
+    items: tuple[tuple[str, bytes], ...] = ()
+    wal: tuple[WalEntry, ...] = ()
+    raw_batches: tuple[bytes, ...] = field(default=(), compare=False, repr=False)
 
     def encode(self) -> bytes:
         """Versioned msgpack bytes."""
+        extra: dict[str, Any] = {"ts": self.ts_ms}
+        if self.kind >= CommandKind.REPL_RESET:
+            extra.update(lineage=self.lineage, remote=self.remote_index,
+                         items=[[k, v] for k, v in self.items], wal=[e.encode() for e in self.wal])
         packed: bytes = msgpack.packb(
-            [COMMAND_VERSION, int(self.kind), [b.encode() for b in self.batches], self.nonce], use_bin_type=True)
+            [COMMAND_VERSION, int(self.kind), [b.encode() for b in self.batches], self.nonce, extra],
+            use_bin_type=True)
         return packed
 
     @staticmethod
     def decode(raw: bytes) -> "Command":
-        """Parse :meth:`encode` output; CommandDecodeError for anything else."""
+        """Parse :meth:`encode` output (and version 1 entries); CommandDecodeError otherwise."""
         try:
             obj: Any = msgpack.unpackb(raw, raw=False)
         except Exception as e:  # msgpack raises several unrelated types
             raise CommandDecodeError(f"undecodable command: {type(e).__name__}") from None
-        if not (isinstance(obj, list) and len(obj) == 4):
-            raise CommandDecodeError("command is not a 4-element list")
-        version, kind, raw_batches, nonce = obj
-        if version != COMMAND_VERSION:
-            raise CommandDecodeError(f"unknown command version {version!r}")
+        if not isinstance(obj, list) or not obj:
+            raise CommandDecodeError("command is not a list")
+        if obj[0] == _V1 and len(obj) == 4:
+            extra: Any = {}
+        elif obj[0] == COMMAND_VERSION and len(obj) == 5:
+            extra = obj[4]
+        else:
+            raise CommandDecodeError(f"unknown command version {obj[0]!r}")
+        kind, raw_batches, nonce = obj[1], obj[2], obj[3]
         try:
             k = CommandKind(kind)
         except ValueError:
             raise CommandDecodeError(f"unknown command kind {kind!r}") from None
-        if not isinstance(raw_batches, list) or not isinstance(nonce, bytes):
+        if not isinstance(raw_batches, list) or not isinstance(nonce, bytes) or not isinstance(extra, dict):
             raise CommandDecodeError("malformed command")
+        if not all(isinstance(b, bytes) for b in raw_batches):
+            raise CommandDecodeError("a batch is not bytes")
         try:
-            batches = tuple(Batch.decode(b) for b in raw_batches if isinstance(b, bytes))
+            batches = tuple(Batch.decode(b) for b in raw_batches)
         except BatchDecodeError as e:
             raise CommandDecodeError(str(e)) from None
-        if len(batches) != len(raw_batches):
-            raise CommandDecodeError("a batch is not bytes")
-        return Command(k, batches, nonce)
+        ts, lineage, remote = extra.get("ts", 0), extra.get("lineage", ""), extra.get("remote", 0)
+        raw_items, raw_wal = extra.get("items", []), extra.get("wal", [])
+        if not (isinstance(ts, int) and isinstance(lineage, str) and isinstance(remote, int)
+                and isinstance(raw_items, list) and isinstance(raw_wal, list)):
+            raise CommandDecodeError("malformed command fields")
+        items: list[tuple[str, bytes]] = []
+        for it in raw_items:
+            if not (isinstance(it, list) and len(it) == 2 and isinstance(it[0], str) and it[0]
+                    and isinstance(it[1], bytes)):
+                raise CommandDecodeError("malformed replicated item")
+            items.append((it[0], it[1]))
+        try:
+            wal = tuple(WalEntry.decode(w) for w in raw_wal if isinstance(w, bytes))
+        except WalDecodeError as e:
+            raise CommandDecodeError(str(e)) from None
+        if len(wal) != len(raw_wal):
+            raise CommandDecodeError("a wal entry is not bytes")
+        return Command(k, batches, nonce, ts, lineage, remote, tuple(items), wal, tuple(raw_batches))

@@ -43,10 +43,12 @@ class StateMachine:
             cmd = Command.decode(raw)
         except CommandDecodeError as e:
             return self._record_failure(index, term, str(e))
-        batches: Sequence[Batch] = cmd.batches if cmd.kind is CommandKind.BATCHES else ()
         replay = index <= self.store.applied_index()  # journal replay after a restart: writes nothing
+        if cmd.kind >= CommandKind.REPL_RESET:
+            return self._apply_remote(cmd, index, term, replay)
+        batches: Sequence[Batch] = cmd.batches if cmd.kind is CommandKind.BATCHES else ()
         try:
-            results = self._apply_with_growth(index, term, batches)
+            results = self._apply_with_growth(index, term, cmd, batches)
         except Exception as e:  # disk full, I/O error: this node can no longer follow the log
             self.failed = f"{type(e).__name__}: {e}"
             log.critical("raft_apply_failed", index=index, error=type(e).__name__)
@@ -61,13 +63,38 @@ class StateMachine:
                 log.error("raft_observer_failed", error=type(e).__name__)
         return results
 
-    def _apply_with_growth(self, index: int, term: int, batches: Sequence[Batch]) -> list[ApplyResult]:
+    def _apply_with_growth(self, index: int, term: int, cmd: Command, batches: Sequence[Batch]) -> list[ApplyResult]:
         for _ in range(8):
             try:
-                return self.store.apply_entry(index, term, batches)
+                return self.store.apply_entry(index, term, batches, raw_batches=cmd.raw_batches, ts_ms=cmd.ts_ms)
             except lmdb.MapFullError:
                 self.store.grow()
-        return self.store.apply_entry(index, term, batches)
+        return self.store.apply_entry(index, term, batches, raw_batches=cmd.raw_batches, ts_ms=cmd.ts_ms)
+
+    def _apply_remote(self, cmd: Command, index: int, term: int, replay: bool) -> list[ApplyResult]:
+        """A replication secondary's entry: what the primary shipped (see LMDBStore.apply_remote)."""
+        op = {CommandKind.REPL_RESET: "reset", CommandKind.REPL_PUT: "put",
+              CommandKind.REPL_END: "end", CommandKind.REPL_WAL: "wal"}[cmd.kind]
+        try:
+            for attempt in range(9):
+                try:
+                    err, keys = self.store.apply_remote(index, term, op, lineage=cmd.lineage, remote=cmd.remote_index,
+                                                        items=cmd.items, wal=cmd.wal)
+                    break
+                except lmdb.MapFullError:
+                    if attempt == 8:
+                        raise
+                    self.store.grow()
+        except Exception as e:
+            self.failed = f"{type(e).__name__}: {e}"
+            log.critical("raft_apply_failed", index=index, error=type(e).__name__)
+            return [ApplyResult(index, "storage failure on this node")]
+        if self.observer is not None and keys and not replay:
+            try:
+                self.observer(index, keys)
+            except Exception as e:  # an observer must never break the state machine
+                log.error("raft_observer_failed", error=type(e).__name__)
+        return [ApplyResult(index, err)]
 
     def _record_failure(self, index: int, term: int, error: str) -> list[ApplyResult]:
         try:

@@ -107,10 +107,15 @@ class _ReplicatedLog(SyncObj):  # type: ignore[misc]
             kwargs["transportClass"] = transport_class
         super().__init__(self_addr, list(peers), conf, **kwargs)
 
+    _vr_on_applied: Any = None
+
     @replicated  # type: ignore[misc]
     def apply_command(self, raw: bytes) -> list[tuple[int, str | None]]:
         index = self.raftLastApplied + 1
-        return [(r.index, r.error) for r in self._vr_fsm.apply(raw, index, self._getTerm())]
+        out = [(r.index, r.error) for r in self._vr_fsm.apply(raw, index, self._getTerm())]
+        if self._vr_on_applied is not None:
+            self._vr_on_applied()
+        return out
 
 
 @dataclass
@@ -155,6 +160,9 @@ class RaftPhysical:
         self._lease: tuple[int, float] = (-1, -math.inf)
         self._barrier_next: asyncio.Future[None] | None = None  # callers waiting for the next no-op
         self._barrier_runner: asyncio.Task[None] | None = None
+        # wakes wait_applied / wait_for_index callers after applies (only while someone waits)
+        self._applied_event = asyncio.Event()
+        self._applied_waiters = 0
 
     # ---- consensus lifecycle -------------------------------------------------------------
 
@@ -219,7 +227,9 @@ class RaftPhysical:
             commandsWaitLeader=False,
             onStateChanged=self._on_state_changed,
         )
+        self._applied_event = asyncio.Event()
         self._obj = await asyncio.to_thread(_ReplicatedLog, self.self_addr, members, conf, self.fsm, transport_class)
+        self._obj._vr_on_applied = self._notify_applied
         self._obj.addOnTickCallback(self._on_tick)
         self._journal_sync = JournalSync(os.path.join(raft_dir, "journal"), JOURNAL_FLUSH_INTERVAL)
         self._journal_sync.start()
@@ -427,14 +437,49 @@ class RaftPhysical:
 
     async def wait_applied(self, index: int, timeout: float) -> bool:
         """Wait until the local store has applied ``index``; False on timeout."""
+        return await self.wait_for_index(index - 1, timeout) >= index
+
+    async def wait_for_index(self, after: int, timeout: float) -> int:
+        """Wait until the applied index exceeds ``after`` or ``timeout`` passes; return the
+        applied index. Woken by the state machine's applies (no polling)."""
         deadline = time.monotonic() + timeout
-        delay = 0.002
-        while self.store.applied_index() < index:
-            if time.monotonic() >= deadline:
-                return False
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.05)
-        return True
+        while (applied := self.store.applied_index()) <= after:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return applied
+            event = self._applied_event
+            self._applied_waiters += 1
+            try:
+                if self.store.applied_index() > after:
+                    continue
+                await asyncio.wait_for(event.wait(), min(remaining, 0.5))
+            except TimeoutError:
+                pass
+            finally:
+                self._applied_waiters -= 1
+        return applied
+
+    def _notify_applied(self) -> None:
+        """Runs on pysyncobj's thread after each apply: wake waiters on the event loop."""
+        loop = self._loop
+        if self._applied_waiters and loop is not None:
+            try:
+                loop.call_soon_threadsafe(self._wake_applied)
+            except RuntimeError:  # the loop closed during shutdown
+                pass
+
+    def _wake_applied(self) -> None:
+        event, self._applied_event = self._applied_event, asyncio.Event()
+        event.set()
+
+    async def submit_replicated(self, cmd: Command) -> ApplyResult:
+        """Commit one replication command (a secondary's active node; leader only) as its
+        own log entry, with the usual retries; returns its result once applied locally.
+        Every replication command is idempotent, so a retried submission is harmless."""
+        if self._obj is None:
+            raise ConsensusStopped("consensus stopped")
+        results = await self._submit(cmd.encode(), time.monotonic() + self.tuning.commit_timeout)
+        return results[0] if results else ApplyResult(self.applied_index())
 
     async def apply(self, batch: Batch) -> ApplyResult:
         """Commit ``batch`` through the log (leader only) and return once applied locally."""
@@ -521,7 +566,7 @@ class RaftPhysical:
 
     async def _commit_group(self, group: list[_Pending], inflight: asyncio.Semaphore) -> None:
         try:
-            cmd = Command(CommandKind.BATCHES, tuple(p.batch for p in group)).encode()
+            cmd = Command(CommandKind.BATCHES, tuple(p.batch for p in group), ts_ms=int(time.time() * 1000)).encode()
             results = await self._submit(cmd, time.monotonic() + self.tuning.commit_timeout)
             for p, r in zip(group, results):
                 if not p.future.done():
@@ -601,7 +646,7 @@ class RaftPhysical:
 
     async def apply_exclusive(self, batch: Batch) -> ApplyResult:
         """Commit ``batch`` as one log entry of its own while :meth:`begin_exclusive` holds."""
-        cmd = Command(CommandKind.BATCHES, (batch,)).encode()
+        cmd = Command(CommandKind.BATCHES, (batch,), ts_ms=int(time.time() * 1000)).encode()
         return (await self._submit(cmd, time.monotonic() + self.tuning.commit_timeout))[0]
 
     async def end_exclusive(self) -> None:

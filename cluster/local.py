@@ -146,6 +146,7 @@ class ClusterNode(Node):
     def to_state(self) -> dict[str, Any]:
         """What state.json records for this node (no secrets)."""
         return {"name": self.name, "api_port": self.port, "cluster_port": self.cluster_port,
+                "repl_port": self.repl_port,
                 "api_addr": self.addr, "workdir": str(self.workdir), "data_dir": str(self.data_dir),
                 "config": str(self.config_path), "log": str(self.log_path),
                 "pid": self.pid if self.alive() else None, "cgroup": str(self.cgroup) if self.cgroup else None}
@@ -188,10 +189,10 @@ class LocalCluster:
         if not self.nodes:
             for i in range(self.size):
                 if self.base_port is not None:
-                    api, cl = self.base_port + 10 * i, self.base_port + 10 * i + 1
+                    api, cl, rp = self.base_port + 10 * i, self.base_port + 10 * i + 1, self.base_port + 10 * i + 2
                 else:
-                    api, cl = free_port(), free_port()
-                self.nodes.append(ClusterNode(self.workdir / f"node{i}", port=api, cluster_port=cl,
+                    api, cl, rp = free_port(), free_port(), free_port()
+                self.nodes.append(ClusterNode(self.workdir / f"node{i}", port=api, cluster_port=cl, repl_port=rp,
                                               name=f"node{i}"))
         if self.cgroups:
             root = partition.cgroup2_root()
@@ -235,6 +236,7 @@ class LocalCluster:
         except ValueError as e:
             raise ClusterError(f"{path} is corrupt: {e}") from None
         nodes = [ClusterNode(Path(n["workdir"]), port=int(n["api_port"]), cluster_port=int(n["cluster_port"]),
+                             repl_port=int(n.get("repl_port") or int(n["cluster_port"]) + 1),
                              name=str(n["name"]), pid=n.get("pid")) for n in st["nodes"]]
         c = cls(Path(workdir), size=len(nodes), base_port=st.get("base_port"), shares=int(st["shares"]),
                 threshold=int(st["threshold"]), nodes=nodes, cgroups=bool(st.get("cgroups")))
@@ -262,7 +264,7 @@ class LocalCluster:
     def start(self) -> None:
         """Start every node that is not running (together), then wait until each listens."""
         started = [n for n in self.nodes if not n.alive()]
-        busy = [f"{p}" for n in started for p in (n.port, n.cluster_port) if port_in_use(p)]
+        busy = [f"{p}" for n in started for p in (n.port, n.cluster_port, n.repl_port) if port_in_use(p)]
         if busy:
             raise PortBusy(f"port {', '.join(busy)} on 127.0.0.1 is in use by another process "
                            "(pick another --base-port, or stop what holds it)")

@@ -47,6 +47,8 @@ class Node:
     workdir: Path
     port: int = field(default_factory=free_port)
     cluster_port: int = field(default_factory=free_port)
+    #: The replication listener (secondaries of this node's cluster dial it when it is a primary).
+    repl_port: int = field(default_factory=free_port)
     storage: str = "raft"
     extra_config: str = ""
     #: Extra lines inserted inside the ``storage "raft" {}`` stanza (e.g. ``performance_standby = true``).
@@ -78,7 +80,8 @@ class Node:
                    if self.storage == "raft" else 'storage "inmem" {}\n')
         self.config_path.write_text(
             f'listener "tcp" {{\n  address = "127.0.0.1:{self.port}"\n'
-            f'  cluster_address = "127.0.0.1:{self.cluster_port}"\n  tls_disable = true\n}}\n'
+            f'  cluster_address = "127.0.0.1:{self.cluster_port}"\n'
+            f'  replication_address = "127.0.0.1:{self.repl_port}"\n  tls_disable = true\n}}\n'
             f"{storage}"
             f'api_addr = "{self.addr}"\ncluster_addr = "https://127.0.0.1:{self.cluster_port}"\n'
             f'log_level = "info"\nlog_format = "json"\n{self.extra_config}'

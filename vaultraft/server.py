@@ -17,7 +17,7 @@ import structlog
 from aiohttp import web
 
 from vaultraft.config import ConfigError, ServerConfig, dev_config, load_config
-from vaultraft.config.model import ListenerConfig
+from vaultraft.config.model import ListenerConfig, join_host_port, split_host_port
 from vaultraft.core import Core, CoreSettings, raft_ops
 from vaultraft.core.raft_join import retry_until
 from vaultraft.core.seal_lifecycle import build_seal_manager
@@ -164,6 +164,15 @@ def cluster_self_addr(config: ServerConfig, listener: ListenerConfig) -> str:
     return listener.cluster_address
 
 
+def replication_advertise(config: ServerConfig, listener: ListenerConfig) -> str:
+    """host:port secondaries dial: the advertised cluster host with the replication port."""
+    if not listener.replication_address:
+        return ""
+    host, _ = split_host_port(cluster_self_addr(config, listener))
+    _, port = split_host_port(listener.replication_address)
+    return join_host_port(host, port)
+
+
 async def open_physical(config: ServerConfig) -> Physical:
     """LMDB under Raft for ``storage "raft"``; memory for ``storage "inmem"``."""
     st = config.storage
@@ -194,6 +203,8 @@ async def serve(config: ServerConfig, dev: DevOptions | None) -> int:
         api_addr=api_addr,
         cluster_addr=config.cluster_addr or f"https://{listener.cluster_address}",
         performance_standby=_truthy(st.options.get("performance_standby", False)),
+        replication_addr=replication_advertise(config, listener) if st.type == "raft" else "",
+        replication_bind=listener.replication_address if st.type == "raft" else "",
     ))
     if dev is None:
         try:

@@ -128,6 +128,15 @@ class Barrier:
         if ring is not None:
             ring.zero()
 
+    async def switch_root_key(self, root_key: bytes) -> None:
+        """Open the stored keyring with a different ``root_key`` and use it from now on (a
+        replication secondary whose storage now holds its primary's keyring). Raises
+        BarrierInvalidKey when ``root_key`` does not open it; the old keyring stays then."""
+        _check_root_key(root_key)
+        async with self._lock:
+            self._require()
+            self._install(await self._read_keyring(root_key))
+
     async def reload_keyring(self) -> None:
         """Re-read the keyring with the current root key (a follower after a leader's rotate)."""
         async with self._lock:

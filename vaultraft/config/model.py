@@ -67,6 +67,7 @@ class ListenerConfig:
     type: str = "tcp"
     address: str = DEFAULT_LISTEN_ADDRESS
     cluster_address: str = "127.0.0.1:8201"
+    replication_address: str = ""  # the replication listener; default: cluster port + 1
     tls_disable: bool = False
     tls_cert_file: str | None = None
     tls_key_file: str | None = None

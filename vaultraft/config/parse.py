@@ -231,7 +231,7 @@ def _listener(name: str, where: str, ltype: str, body: dict[str, Any]) -> Listen
             raise ConfigError(f"{name}: {where}: {key}: {e}") from None
 
     known = {
-        "address", "cluster_address", "tls_disable", "tls_cert_file", "tls_key_file",
+        "address", "cluster_address", "replication_address", "tls_disable", "tls_cert_file", "tls_key_file",
         "tls_min_version", "tls_max_version", "tls_client_ca_file",
         "tls_require_and_verify_client_cert", "max_request_size", "max_request_duration",
     }
@@ -254,6 +254,15 @@ def _listener(name: str, where: str, ltype: str, body: dict[str, Any]) -> Listen
             split_host_port(cluster_address)
         except ValueError as e:
             raise ConfigError(f"{name}: {where}: cluster_address {_show(cluster_address)}: {e}") from None
+    replication_address = get("replication_address", _to_str, None)
+    if replication_address is None:
+        c_host, c_port = split_host_port(cluster_address)
+        replication_address = join_host_port(c_host, c_port + 1) if c_port and c_port < 65535 else ""
+    else:
+        try:
+            split_host_port(replication_address)
+        except ValueError as e:
+            raise ConfigError(f"{name}: {where}: replication_address {_show(replication_address)}: {e}") from None
 
     def tls_version(key: str, default: str) -> str:
         raw: str = get(key, _to_str, default)
@@ -282,6 +291,7 @@ def _listener(name: str, where: str, ltype: str, body: dict[str, Any]) -> Listen
         type="tcp",
         address=address,
         cluster_address=cluster_address,
+        replication_address=replication_address,
         tls_disable=tls_disable,
         tls_cert_file=cert,
         tls_key_file=key_file,

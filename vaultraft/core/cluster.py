@@ -43,6 +43,7 @@ class LeaderInfo:
     api_addr: str
     cluster_addr: str
     node_id: str
+    replication_addr: str = ""
 
     def encode(self) -> bytes:
         return json.dumps(self.__dict__).encode()
@@ -50,7 +51,8 @@ class LeaderInfo:
     @staticmethod
     def decode(raw: bytes) -> "LeaderInfo":
         d = json.loads(raw)
-        return LeaderInfo(str(d["api_addr"]), str(d["cluster_addr"]), str(d["node_id"]))
+        return LeaderInfo(str(d["api_addr"]), str(d["cluster_addr"]), str(d["node_id"]),
+                          str(d.get("replication_addr", "")))
 
 
 class ClusterLink:

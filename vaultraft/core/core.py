@@ -20,6 +20,7 @@ from vaultraft.core.audit_table import AuditTable
 from vaultraft.core import raft_ops
 from vaultraft.core.cluster import LEADER_KEY, ROLE_POLL, ClusterLink, LeaderInfo
 from vaultraft.core.raft_join import ChallengeIssuer, Joiner
+from vaultraft.core.replication.manager import ReplicationManager
 from vaultraft.core.mounts import MountEntry, MountTable, Route, Router, new_entry
 from vaultraft.core.policy_store import PolicyStore
 from vaultraft.core.seal_manager import SealManager
@@ -50,6 +51,7 @@ _TABLE_KEYS = ("core/mounts", "core/local-mounts", "core/auth", "core/local-auth
 _WATCHED = ("core/", "sys/policy/")
 _SEAL_RECORDS = ("core/seal-config", "core/recovery-config")
 TIDY_INTERVAL = 30.0
+DR_PATH_DISABLED = "path disabled in replication DR secondary mode"
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,8 @@ class CoreSettings:
     api_addr: str = ""
     cluster_addr: str = ""
     performance_standby: bool = False
+    replication_addr: str = ""  # host:port secondaries dial (advertised)
+    replication_bind: str = ""  # host:port the replication listener binds
 
 
 @dataclass(frozen=True)
@@ -105,6 +109,8 @@ class Core:
         self.joiner = Joiner()
         self.challenges = ChallengeIssuer()
         self.retry_join_addrs: list[str] = []
+        self.replication = ReplicationManager(self)
+        self._self_seal: asyncio.Task[None] | None = None
         self._invalidations: asyncio.Queue[list[str]] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         if self.cluster.raft is not None:
@@ -278,6 +284,8 @@ class Core:
 
         if self._u is None:
             raise Sealed()
+        if self.replication.dr_secondary:
+            raise InvalidRequest(DR_PATH_DISABLED)
         if not self.active:
             if not self._serves_locally(req):
                 info = await self.leader_info()
@@ -322,7 +330,7 @@ class Core:
     def _on_applied(self, index: int, keys: Sequence[str]) -> None:
         """Called on the Raft thread after each applied entry (never blocks it)."""
         loop, queue = self._loop, self._invalidations
-        if loop is None or queue is None or self._active:
+        if loop is None or queue is None or (self._active and not self.replication.dr_secondary):
             return
         watched = [k for k in keys if k.startswith(_WATCHED)]
         if watched:
@@ -334,7 +342,10 @@ class Core:
             keys = await self._invalidations.get()
             while not self._invalidations.empty():
                 keys.extend(self._invalidations.get_nowait())
-            if self._active or self._u is None:
+            if self._u is None or (self._active and not self.replication.dr_secondary):
+                continue
+            if self.replication.dr_secondary:
+                await self._dr_keyring_changed(keys)
                 continue
             try:
                 if KEYRING_PATH in keys:
@@ -348,10 +359,45 @@ class Core:
             except Exception as e:  # a failed refresh is retried by the next change
                 log.warning("standby_invalidation_failed", error=type(e).__name__)
 
+    async def _dr_keyring_changed(self, keys: list[str]) -> None:
+        """A DR secondary standby: follow the primary's keyring; when this node's root key
+        no longer opens it (the cluster was just activated against a primary), seal, so an
+        operator unseals it with the primary's keys."""
+        if KEYRING_PATH not in keys or self._active:
+            return
+        try:
+            await self.barrier.reload_keyring()
+        except Exception as e:
+            log.warning("keyring_unreadable_sealing", error=type(e).__name__)
+            if self._self_seal is None or self._self_seal.done():
+                self._self_seal = asyncio.get_running_loop().create_task(self.seal(), name="self_seal")
+
+    async def enter_dr_secondary(self) -> None:
+        """Stop serving clients: this cluster now only follows a DR primary."""
+        u = self.unsealed
+        if u.tidy_task is not None:
+            await _cancel(u.tidy_task)
+            u.tidy_task = None
+        self.router.clear()
+        self.audit.close()
+
+    async def leave_dr_secondary(self) -> None:
+        """Serve clients again from the replicated data (promotion or disable)."""
+        await self.barrier.reload_keyring()
+        u, fresh = self.unsealed, await self._new_unsealed()
+        u.cluster_id, u.cluster_name, u.mounts, u.auth = fresh.cluster_id, fresh.cluster_name, fresh.mounts, fresh.auth
+        u.policies, u.tokens, u.audit_table = fresh.policies, fresh.tokens, fresh.audit_table
+        u.extra.clear()
+        await self._load_tables(create=False)
+        if u.tidy_task is None and self._active:
+            u.tidy_task = asyncio.get_running_loop().create_task(self._tidy_loop(), name="token_tidy")
+
     def ha_role(self) -> str:
-        """"active", "perf_standby" or "standby" (and "sealed")."""
+        """"active", "perf_standby", "standby" or "dr_secondary" (and "sealed")."""
         if self._u is None:
             return "sealed"
+        if self.replication.dr_secondary:
+            return "dr_secondary"
         if self._active and self.cluster.is_active():
             return "active"
         return "perf_standby" if self.settings.performance_standby else "standby"
@@ -364,12 +410,34 @@ class Core:
     # ---- wiring while unsealed -----------------------------------------------------------
 
     async def _setup(self, *, first_time: bool) -> None:
+        self._u = await self._new_unsealed()
+        if first_time:
+            await self._load_tables(create=True)
+            return
+        if self.cluster.enabled:
+            await self.replication.load()
+        # Settle the first role before answering the unseal: a lone node becomes active
+        # at once; a cluster member waits briefly for a leader and may stay standby.
+        active = await self.cluster.wait_lease(self.cluster.first_role_wait())
+        if active:
+            await self._become_active()
+        else:
+            await self._become_standby()
+        self._loop = asyncio.get_running_loop()
+        self._invalidations = asyncio.Queue()
+        self._u.invalidation_task = self._loop.create_task(self._invalidation_loop(), name="invalidation")
+        self._u.role_task = self._loop.create_task(self._role_loop(active), name="ha_role")
+        await self.replication.start()
+
+    async def _new_unsealed(self) -> _Unsealed:
+        """Fresh stores over the barrier (nothing cached from earlier data: a DR secondary
+        that is promoted serves its primary's tokens, salts and tables)."""
         core_view = BarrierView(self.barrier, "core/", local=False)
         core_local = BarrierView(self.barrier, "core/", local=True)
         cluster_raw = await core_view.get("cluster")
         cluster = json.loads(cluster_raw.value) if cluster_raw else {"id": "", "name": ""}
         audit_table = AuditTable(core_view, core_local, self.audit)
-        self._u = _Unsealed(
+        return _Unsealed(
             cluster_id=cluster["id"], cluster_name=cluster["name"],
             mounts=MountTable("mounts", core_view, core_local),
             auth=MountTable("auth", core_view, core_local),
@@ -383,20 +451,6 @@ class Core:
             ),
             audit_table=audit_table, sys_view=core_view,
         )
-        if first_time:
-            await self._load_tables(create=True)
-            return
-        # Settle the first role before answering the unseal: a lone node becomes active
-        # at once; a cluster member waits briefly for a leader and may stay standby.
-        active = await self.cluster.wait_lease(self.cluster.first_role_wait())
-        if active:
-            await self._become_active()
-        else:
-            await self._become_standby()
-        self._loop = asyncio.get_running_loop()
-        self._invalidations = asyncio.Queue()
-        self._u.invalidation_task = self._loop.create_task(self._invalidation_loop(), name="invalidation")
-        self._u.role_task = self._loop.create_task(self._role_loop(active), name="ha_role")
 
     async def _load_tables(self, *, create: bool) -> None:
         """(Re)read the mount, auth and audit tables and rebuild the router from them.
@@ -460,14 +514,22 @@ class Core:
 
     async def _become_active(self) -> None:
         u = self.unsealed
+        dr_secondary = self.replication.dr_secondary
         if self.cluster.enabled:
             await self.barrier.reload_keyring()
-        await self._load_tables(create=True)
+        if not dr_secondary:  # a DR secondary writes nothing but its own records
+            await self._load_tables(create=True)
         raft = self.cluster.raft
         if raft is not None and u.sys_view is not None:
-            info = LeaderInfo(self.settings.api_addr, self.settings.cluster_addr, raft.node_id)
+            info = LeaderInfo(self.settings.api_addr, self.settings.cluster_addr, raft.node_id,
+                              self.settings.replication_addr)
             await u.sys_view.put(StorageEntry(LEADER_KEY, info.encode()))
-            await raft_ops.register_node(self, raft.node_id, raft.self_addr, self.settings.api_addr)
+            await raft_ops.register_node(self, raft.node_id, raft.self_addr, self.settings.api_addr,
+                                         replication_addr=self.settings.replication_addr)
+        if dr_secondary:
+            self._active = True
+            log.info("became_active", dr_secondary=True)
+            return
         u.tidy_task = asyncio.get_running_loop().create_task(self._tidy_loop(), name="token_tidy")
         self._active = True
         log.info("became_active")
@@ -478,7 +540,7 @@ class Core:
         if u is not None and u.tidy_task is not None:
             await _cancel(u.tidy_task)
             u.tidy_task = None
-        if u is not None and self.settings.performance_standby:
+        if u is not None and self.settings.performance_standby and not self.replication.dr_secondary:
             await self.barrier.reload_keyring()
             await self._load_tables(create=False)
         if was_active:
@@ -510,6 +572,8 @@ class Core:
         return info
 
     async def _teardown(self) -> None:
+        await self.replication.close()
+        self.replication = ReplicationManager(self)
         u, self._u = self._u, None
         self._active = False
         self.router.clear()

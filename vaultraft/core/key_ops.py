@@ -30,7 +30,7 @@ import os
 import time
 import uuid
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Awaitable, Callable, TYPE_CHECKING, Any
 
 import structlog
 
@@ -108,6 +108,10 @@ async def active_key_ops(core: "Core") -> "KeyOps":
     """The key operations of an unsealed, active node (Sealed / NotLeader otherwise)."""
     if core.sealed:
         raise Sealed()
+    if core.replication.dr_secondary:
+        from vaultraft.core.core import DR_PATH_DISABLED
+
+        raise InvalidRequest(DR_PATH_DISABLED)
     if not core.active:
         info = await core.leader_info()
         raise NotLeader(info.api_addr if info else None)
@@ -163,8 +167,11 @@ class _Rekey:
 class KeyOps:
     """One active node's generate-root attempt and barrier/recovery rekey attempts."""
 
-    def __init__(self, core: "Core") -> None:
+    def __init__(self, core: "Core", mint: "Callable[[], Awaitable[str]] | None" = None) -> None:
+        """``mint`` makes the token a finished generate-root attempt returns (default: a new
+        root token; a DR secondary mints DR operation tokens)."""
         self._core = core
+        self._mint = mint
         self._lock = asyncio.Lock()
         self._root: _GenerateRoot | None = None
         self._rekey: dict[bool, _Rekey] = {}
@@ -261,6 +268,12 @@ class KeyOps:
                 "encoded_token": encoded, "encoded_root_token": encoded}
 
     async def _mint_root_token(self, att: _GenerateRoot) -> str:
+        if self._mint is not None:
+            token_id = await self._mint()
+            if att.otp:
+                return encode_token(token_id, att.otp)
+            _, blobs = await pgp_encrypt([token_id.encode()], [att.pgp_key])
+            return base64.b64encode(blobs[0]).decode()
         tokens = self._core.unsealed.tokens
         entry = await tokens.create_root_token()
         try:

@@ -28,6 +28,7 @@ _SUDO_PATTERNS = (
     r"sys/leases/revoke-force/.*", r"auth/token/accessors/?", r"auth/token/revoke-orphan(/.*)?",
     r"sys/storage/raft/snapshot.*", r"sys/storage/raft/remove-peer",
     r"sys/rekey/backup", r"sys/rekey/recovery-key-backup", r"sys/rekey-recovery-key/backup",
+    r"sys/replication/(dr|performance)/(primary|secondary)/.*",
 )
 # One alternation, matched once per request (same language as trying each pattern in turn).
 _SUDO = re.compile("|".join(f"(?:{p})" for p in _SUDO_PATTERNS))

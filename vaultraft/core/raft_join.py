@@ -157,7 +157,7 @@ class Joiner:
             raise InvalidRequest("Error unsealing: failed to decrypt the root key: invalid key or key combination") from None
 
     async def answer(self, root_key: bytes, server_id: str, cluster_addr: str,
-                     api_addr: str = "") -> tuple[type, list[str]]:
+                     api_addr: str = "", replication_addr: str = "") -> tuple[type, list[str]]:
         """Step 3: decrypt the challenge, answer it, and get a certificate and the peers."""
         assert self.pending is not None
         p = self.pending
@@ -170,6 +170,7 @@ class Joiner:
         data = await self._post(url, {
             "server_id": server_id, "answer": base64.b64encode(plain).decode(), "cluster_addr": cluster_addr,
             "public_key": public_pem.decode(), "non_voter": p.non_voter, "api_addr": api_addr,
+            "replication_addr": replication_addr,
         })
         d = data.get("data") or data
         cert = NodeCert(cert_pem=d["tls_cert"].encode(), key_pem=private_pem, ca_pem=d["ca_cert"].encode())

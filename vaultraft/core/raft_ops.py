@@ -40,11 +40,13 @@ def _raft(core: "Core") -> RaftPhysical:
     return core.cluster.raft
 
 
-async def register_node(core: "Core", node_id: str, cluster_addr: str, api_addr: str, non_voter: bool = False) -> None:
+async def register_node(core: "Core", node_id: str, cluster_addr: str, api_addr: str, non_voter: bool = False,
+                        *, replication_addr: str = "") -> None:
     """Record node id → addresses (replicated) so peers can be named by id."""
     u = core.unsealed
     assert u.sys_view is not None
-    rec = {"node_id": node_id, "address": cluster_addr, "api_addr": api_addr, "voter": not non_voter}
+    rec = {"node_id": node_id, "address": cluster_addr, "api_addr": api_addr, "voter": not non_voter,
+           "replication_addr": replication_addr}
     await u.sys_view.put(StorageEntry(NODES_PREFIX + node_id, json.dumps(rec).encode()))
 
 
@@ -106,7 +108,8 @@ async def join(core: "Core", leader_api_addr: str, non_voter: bool = False) -> N
 async def complete_join(core: "Core", root_key: bytes) -> None:
     """After the joiner's unseal keys produced ``root_key``: answer, join, sync, unseal."""
     raft = _raft(core)
-    transport, peers = await core.joiner.answer(root_key, raft.node_id, raft.self_addr, core.settings.api_addr)
+    transport, peers = await core.joiner.answer(root_key, raft.node_id, raft.self_addr, core.settings.api_addr,
+                                             core.settings.replication_addr)
     await raft.stop_consensus()
     await asyncio.to_thread(raft.store.wipe)
     raft_dir = os.path.join(raft.data_dir, "raft")
@@ -177,7 +180,8 @@ async def accept_answer(core: "Core", body: dict[str, Any]) -> dict[str, Any]:
     peers = sorted(set(raft.status().peers) | {raft.self_addr})
     # Record the node while the current configuration can still commit it; the joiner
     # must be running before a configuration that includes it can commit anything.
-    await register_node(core, server_id, cluster_addr, str(body.get("api_addr") or ""), bool(body.get("non_voter")))
+    await register_node(core, server_id, cluster_addr, str(body.get("api_addr") or ""), bool(body.get("non_voter")),
+                        replication_addr=str(body.get("replication_addr") or ""))
     if cluster_addr not in peers:
         await raft.add_peer(cluster_addr, wait=False)
     log.info("raft_peer_admitted", server_id=server_id, address=cluster_addr)

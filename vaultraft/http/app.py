@@ -11,7 +11,7 @@ import structlog
 from aiohttp import http_parser, web, web_protocol
 
 from vaultraft.core import Core
-from vaultraft.http import raft_snapshot, sys_raft, sys_unauth
+from vaultraft.http import raft_snapshot, sys_raft, sys_replication, sys_unauth
 from vaultraft.http.errors import status_for
 from vaultraft.http.forward import Forwarder, no_leader_response, redirect
 from vaultraft.logical import InvalidRequest, NotLeader, Operation, Request, Response, VaultError
@@ -156,7 +156,8 @@ class ApiHandler:
             if method == "HEAD":
                 return web.Response(status=code)
             return _json(code, health)
-        special = sys_unauth.HANDLERS.get(path) or sys_raft.HANDLERS.get(path)
+        special = (sys_unauth.HANDLERS.get(path) or sys_raft.HANDLERS.get(path)
+                   or sys_replication.HANDLERS.get(path))
         if special is not None:
             code, out = await special(core, method, body)
             return _json(code, out)

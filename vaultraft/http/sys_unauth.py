@@ -186,7 +186,7 @@ async def health(core: Core, request: "web.BaseRequest") -> tuple[int, Any]:
         "standby": standby,
         "performance_standby": perf,
         "replication_performance_mode": "disabled",
-        "replication_dr_mode": "disabled",
+        "replication_dr_mode": core.replication.dr.mode if core.replication.dr is not None and not sealed else "disabled",
         "server_time_utc": int(time.time()),
         "version": VAULT_COMPAT_VERSION,
         "enterprise": False,

@@ -19,6 +19,7 @@ import msgpack
 
 from vaultraft.raft.command import Command, CommandKind
 from vaultraft.raft.node import RaftError, RaftPhysical
+from vaultraft.replication.interfaces import ReplicaPosition
 from vaultraft.storage.lmdb_store import LMDBStore
 from vaultraft.storage.wal import WalEntry
 
@@ -31,16 +32,6 @@ MAX_ENTRY_BYTES = 4 << 20
 
 def _keep_all(key: str) -> bool:
     return True
-
-
-class ReplicaPositionView:
-    """Mirror of ``replication.interfaces.ReplicaPosition`` (kept here so raft does not
-    import replication); the shipper reads its three attributes."""
-
-    __slots__ = ("lineage", "remote_index", "complete")
-
-    def __init__(self, lineage: str, remote_index: int, complete: bool) -> None:
-        self.lineage, self.remote_index, self.complete = lineage, remote_index, complete
 
 
 def _digest(items: Iterator[tuple[str, bytes]]) -> str:
@@ -192,10 +183,10 @@ class RaftReplicaSink:
         self.store = raft.store
         self.local_filter = local_filter
 
-    def position(self) -> ReplicaPositionView:
+    def position(self) -> ReplicaPosition:
         """The persisted position in the primary's log."""
         st = self.store.replica_state()
-        return ReplicaPositionView(st.lineage, st.remote_index, st.complete)
+        return ReplicaPosition(st.lineage, st.remote_index, st.complete)
 
     async def _submit(self, cmd: Command) -> None:
         result = await self.raft.submit_replicated(cmd)

@@ -477,13 +477,15 @@ class LMDBStore:
     # -- replication (primary side) ------------------------------------------------------
 
     def wal_bounds(self) -> tuple[int, int]:
-        """(first, last) retained WAL index; (0, 0) when none is retained."""
+        """(first, last) retained WAL index. With nothing retained: (applied + 1, applied),
+        so only a secondary that already holds everything may stream (0, 0 on a new store)."""
+        empty = (self._applied + 1, self._applied) if self._applied else (0, 0)
         if not self._wal_last:
-            return 0, 0
+            return empty
         with self._guard.shared(), self._env.begin(db=self._wal) as txn:
             cur = txn.cursor()
             if not cur.first():
-                return 0, 0
+                return empty
             first = int.from_bytes(bytes(cur.key())[:8], "big")
             cur.last()
             return first, int.from_bytes(bytes(cur.key())[:8], "big")

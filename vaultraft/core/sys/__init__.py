@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 def build_sys_backend(core: "Core") -> Backend:
     """The ``sys/`` backend bound to ``core``."""
-    from vaultraft.core.sys import audit, capabilities, keys, misc, mounts, policy, raft
+    from vaultraft.core.sys import audit, capabilities, keys, misc, mounts, policy, raft, replication
 
     paths = [
         *mounts.paths(core),
@@ -29,5 +29,6 @@ def build_sys_backend(core: "Core") -> Backend:
         *misc.paths(core),
         *keys.paths(core),
         *raft.paths(core),
+        *replication.paths(core),
     ]
     return Backend(paths, help="system endpoints used for control, policy and debugging", backend_type="system")

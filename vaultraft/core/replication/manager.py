@@ -1,0 +1,383 @@
+"""One node's replication machinery: role records, the shipper's server and client, status.
+
+The manager follows the records under ``core/replication/`` and the node's HA role:
+
+* on every unsealed node of a *primary* cluster a :class:`ReplicationServer` listens on the
+  replication address; only the active node streams, standbys redirect secondaries to it;
+* on the active node of a *secondary* cluster a :class:`ReplicationClient` pulls the
+  primary's stream and applies it through this cluster's own Raft log;
+* a reconcile loop starts and stops both as records and roles change (no callbacks from
+  the Raft thread, no fire-and-forget tasks: everything is owned and cancelled on seal).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import time
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from vaultraft.core.key_ops import KeyOps
+from vaultraft.core.tokens.entry import new_token_id
+from vaultraft.core.replication.records import ReplicationRecord, SecondaryEntry, load_record, save_record
+from vaultraft.logical import InvalidRequest
+from vaultraft.raft.replica import RaftReplicaSink, RaftWalSource
+from vaultraft.raft.tls import ClusterCA, NodeCert, address_ips
+from vaultraft.replication.client import ReplicationClient
+from vaultraft.replication.registry import PrimaryState, SecondaryContact
+from vaultraft.replication.server import ReplicationServer
+
+if TYPE_CHECKING:
+    from vaultraft.core.core import Core
+
+log = structlog.get_logger("vaultraft.replication")
+
+RECONCILE_PERIOD = 0.25
+
+
+@dataclass
+class PendingActivation:
+    """A secondary between activation and the end of its first bulk sync: the record to
+    store, the primary's root key, and this cluster's own entries (plaintext, in memory
+    only) to re-encrypt under the primary's keyring once it has arrived."""
+
+    record: ReplicationRecord
+    root_key: bytes
+    own_items: list[tuple[str, bytes]]
+    done: asyncio.Event
+
+
+class _Registry:
+    """The server's view of this primary (``replication.server.SecondaryRegistry``)."""
+
+    def __init__(self, manager: "ReplicationManager") -> None:
+        self._m = manager
+
+    def authorize(self, secondary_id: str) -> Any:
+        rec = self._m.dr
+        if rec is None or rec.mode != "primary":
+            return None
+        s = rec.secondary(secondary_id)
+        if s is None or s.revoked or not s.activated:
+            return None
+        return s.mode
+
+    def primary_state(self) -> PrimaryState:
+        rec = self._m.dr
+        core = self._m.core
+        active = core.active and rec is not None and rec.mode == "primary"
+        return PrimaryState(is_active=active, lineage=rec.lineage if rec else "", epoch=rec.epoch if rec else 0,
+                            active_addr=None if active else self._m.active_replication_addr)
+
+    def on_contact(self, contact: SecondaryContact) -> None:
+        self._m.contacts[contact.secondary_id] = contact
+
+
+class _ActivatingSink(RaftReplicaSink):
+    """The replica sink, finishing a pending activation after the first complete bulk sync
+    and reloading the keyring when the primary's keyring changes."""
+
+    def __init__(self, manager: "ReplicationManager") -> None:
+        raft = manager.core.cluster.raft
+        assert raft is not None
+        super().__init__(raft)
+        self._m = manager
+
+    async def end_bulk(self, lineage: str, index: int) -> None:
+        await super().end_bulk(lineage, index)
+        await self._m.finish_activation()
+        await self._m.reload_keyring()
+
+    async def apply_wal(self, lineage: str, entries: Any) -> None:
+        await super().apply_wal(lineage, entries)
+        if any(b"core/keyring" in raw for e in entries for raw in e.batches):
+            await self._m.reload_keyring()
+
+
+class ReplicationManager:
+    """Replication for one node; created at unseal, closed at seal."""
+
+    def __init__(self, core: "Core") -> None:
+        self.core = core
+        self.dr: ReplicationRecord | None = None
+        self.pending: PendingActivation | None = None
+        self.contacts: dict[str, SecondaryContact] = {}
+        self.active_replication_addr: str | None = None
+        self.server: ReplicationServer | None = None
+        self.client: ReplicationClient | None = None
+        self._client_task: asyncio.Task[None] | None = None
+        self._client_key: tuple[str, tuple[str, ...]] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self.bundle_private_key: bytes | None = None  # from generate-public-key
+        self._operation_ops: KeyOps | None = None
+
+    # ---- DR operation tokens -------------------------------------------------------------
+
+    def operation_ops(self) -> KeyOps:
+        """The generate-operation-token attempt (a generate-root that mints DR operation tokens)."""
+        if self._operation_ops is None:
+            self._operation_ops = KeyOps(self.core, mint=self._mint_operation_token)
+        return self._operation_ops
+
+    async def _mint_operation_token(self) -> str:
+        if self.dr is None or self.dr.mode != "secondary":
+            raise InvalidRequest("this cluster is not a DR secondary")
+        token = new_token_id()  # same length as a root token, so the same OTPs encode it
+        rec = replace(self.dr, operation_token_sha256=hashlib.sha256(token.encode()).hexdigest())
+        await save_record(self._view(), rec)
+        self.dr = rec
+        log.info("replication_operation_token_generated")
+        return token
+
+    def operation_token_valid(self, token: str) -> bool:
+        """Whether ``token`` is the current DR operation token (constant-time)."""
+        want = self.dr.operation_token_sha256 if self.dr is not None else ""
+        return bool(want) and hmac.compare_digest(hashlib.sha256(token.encode()).hexdigest(), want)
+
+    def forget_operation_token(self) -> None:
+        """Drop the operation token from the in-memory record (callers store a new record)."""
+        if self.dr is not None:
+            self.dr = replace(self.dr, operation_token_sha256="")
+
+    async def delete_operation_token(self) -> None:
+        """Revoke the DR operation token."""
+        if self.dr is not None and self.dr.operation_token_sha256:
+            self.forget_operation_token()
+            await save_record(self._view(), self.dr)
+
+    # ---- state --------------------------------------------------------------------------
+
+    @property
+    def dr_secondary(self) -> bool:
+        """Whether this cluster is (or is becoming) a DR secondary: it serves no clients."""
+        return self.pending is not None or (self.dr is not None and self.dr.mode == "secondary")
+
+    @property
+    def dr_primary(self) -> bool:
+        """Whether this cluster is a DR primary."""
+        return self.dr is not None and self.dr.mode == "primary"
+
+    def _view(self) -> Any:
+        view = self.core.unsealed.sys_view
+        assert view is not None
+        return view
+
+    async def load(self) -> None:
+        """Re-read this cluster's records (standbys follow the active node's changes)."""
+        self.dr = await load_record(self._view(), "dr")
+
+    # ---- lifecycle ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """After unseal: read the records and start following them."""
+        if self.core.cluster.raft is None:
+            return
+        await self.load()
+        self._task = asyncio.get_running_loop().create_task(self._reconcile_loop(), name="replication")
+
+    async def close(self) -> None:
+        """At seal: stop the server, the client and the loop."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+        await self._stop_client()
+        await self._stop_server()
+        if self.pending is not None:
+            self.pending.done.set()
+
+    def poke(self) -> None:
+        """Reconcile now (after a record changed on this node)."""
+        self._wake.set()
+
+    async def _reconcile_loop(self) -> None:
+        while True:
+            try:
+                await self.reconcile()
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # retried on the next round
+                log.warning("replication_reconcile_failed", error=type(e).__name__, detail=str(e)[:200])
+            try:
+                await asyncio.wait_for(self._wake.wait(), RECONCILE_PERIOD)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+
+    async def reconcile(self) -> None:
+        """Start or stop the server and client to match the records and this node's role."""
+        if not self.core.active:
+            was = self.dr_secondary
+            await self.load()
+            if was and not self.dr_secondary:  # the active node promoted or disabled the cluster
+                await self.core.leave_dr_secondary()
+            elif self.dr_secondary and not was:  # the active node demoted the cluster
+                await self.core.enter_dr_secondary()
+        await self._refresh_active_addr()
+        rec = self.dr
+        if rec is not None and rec.mode == "primary":
+            await self._ensure_server(rec)
+        else:
+            await self._stop_server()
+        target = self.pending.record if self.pending is not None else rec
+        if (target is not None and target.mode == "secondary" and target.secondary_id and self.core.active):
+            await self._ensure_client(target)
+        else:
+            await self._stop_client()
+
+    async def _refresh_active_addr(self) -> None:
+        info = await self.core.leader_info()
+        if info is not None and info.replication_addr:
+            self.active_replication_addr = info.replication_addr
+        elif self.core.active:
+            self.active_replication_addr = self.core.settings.replication_addr or None
+
+    async def _ensure_server(self, rec: ReplicationRecord) -> None:
+        if self.server is not None:
+            return
+        bind = self.core.settings.replication_bind
+        if not bind:
+            return
+        ca = ClusterCA.from_pem(rec.cluster_id, rec.ca_cert_pem.encode(), rec.ca_key_pem.encode())
+        advertised = self.core.settings.replication_addr or bind
+        cert = ca.issue("primary:" + rec.cluster_id, ips=address_ips(advertised))
+        raft = self.core.cluster.raft
+        assert raft is not None
+        host, _, port = bind.rpartition(":")
+        server = ReplicationServer(RaftWalSource(raft), _Registry(self), cert, host.strip("[]"), int(port))
+        await server.start()
+        self.server = server
+
+    async def _stop_server(self) -> None:
+        server, self.server = self.server, None
+        if server is not None:
+            await server.aclose()
+            self.contacts.clear()
+
+    async def _ensure_client(self, rec: ReplicationRecord) -> None:
+        key = (rec.secondary_id, rec.primary_cluster_addrs)
+        if self.client is not None and self._client_key == key and self._client_task and not self._client_task.done():
+            return
+        await self._stop_client()
+        cert = NodeCert(cert_pem=rec.cert_pem.encode(), key_pem=rec.key_pem.encode(), ca_pem=rec.ca_cert_pem.encode())
+        client = ReplicationClient(_ActivatingSink(self), cert, list(rec.primary_cluster_addrs), "dr",
+                                   secondary_id=rec.secondary_id,
+                                   accept_server_id=lambda cn: cn.startswith("primary:"))
+        self.client, self._client_key = client, key
+        self._client_task = asyncio.get_running_loop().create_task(client.run(), name="replication_client")
+        log.info("replication_client_started", primaries=len(rec.primary_cluster_addrs))
+
+    async def _stop_client(self) -> None:
+        task, self._client_task = self._client_task, None
+        self.client, self._client_key = None, None
+        if task is not None:
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+            except Exception as e:
+                log.warning("replication_client_failed", error=type(e).__name__)
+
+    # ---- secondary activation ---------------------------------------------------------------
+
+    async def finish_activation(self) -> None:
+        """After the first complete bulk sync: switch to the primary's keyring, re-encrypt
+        this cluster's own entries under it, and store the secondary record."""
+        p = self.pending
+        if p is None:
+            return
+        core = self.core
+        await core.barrier.switch_root_key(p.root_key)
+        for path, plain in p.own_items:
+            await core.barrier.put(path, plain)
+        await save_record(self._view(), p.record)
+        core.seals.forget_config()  # the primary's seal configuration arrived with its data
+        self.dr, self.pending = p.record, None
+        p.done.set()
+        log.info("replication_secondary_activated", secondary_id=p.record.secondary_id)
+
+    async def reload_keyring(self) -> None:
+        """Pick up a keyring the primary changed (rotation) on this secondary's active node."""
+        if self.pending is None:
+            try:
+                await self.core.barrier.reload_keyring()
+            except Exception as e:
+                log.warning("replication_keyring_reload_failed", error=type(e).__name__)
+
+    # ---- status ------------------------------------------------------------------------------
+
+    def status(self, kind: str) -> dict[str, Any]:
+        """Vault's ``sys/replication/<kind>/status`` data for this node."""
+        rec = self.dr if kind == "dr" else None
+        if self.pending is not None and kind == "dr":
+            rec = self.pending.record
+        if rec is None:
+            return {"mode": "disabled"}
+        source = self.core.cluster.raft
+        merkle = ""
+        if rec.mode == "primary":
+            secondaries = []
+            for s in rec.secondaries:
+                if s.revoked or not s.activated:
+                    continue
+                c = self.contacts.get(s.id)
+                secondaries.append({
+                    "node_id": s.id,
+                    "api_address": s.api_address,
+                    "cluster_address": c.peer if c else s.cluster_address,
+                    "connection_status": "connected" if c and c.connected else "disconnected",
+                    "last_heartbeat": _rfc3339(c.last_heartbeat) if c and c.last_heartbeat else "",
+                    "last_remote_wal": c.remote_index if c else 0,
+                })
+            last = source.store.wal_bounds()[1] if source is not None else 0
+            return {
+                "mode": "primary", "cluster_id": rec.cluster_id, "state": "running",
+                "last_wal": last, f"last_{kind}_wal": last,
+                "known_secondaries": [s["node_id"] for s in secondaries],
+                "secondaries": secondaries, "primary_cluster_addr": rec.primary_cluster_addr,
+                "merkle_root": merkle, "corrupted_merkle_tree": False, "epoch": rec.epoch,
+            }
+        st = self.client.status() if self.client is not None else None
+        pos = source.store.replica_state() if source is not None else None
+        connected = st is not None and st.connection_state == "connected"
+        return {
+            "mode": "secondary", "cluster_id": rec.cluster_id,
+            "state": st.state if st is not None else "idle",
+            "secondary_id": rec.secondary_id,
+            "last_remote_wal": pos.remote_index if pos else 0,
+            "known_primary_cluster_addrs": list(rec.primary_cluster_addrs),
+            "primary_cluster_addr": st.primary_cluster_addr if st is not None else "",
+            "primaries": [{
+                "api_address": rec.primary_api_addr,
+                "cluster_address": st.primary_cluster_addr if st is not None else "",
+                "connection_status": "connected" if connected else "disconnected",
+                "last_heartbeat": _rfc3339(st.last_heartbeat) if st is not None and st.last_heartbeat else "",
+            }] if rec.secondary_id else [],
+            "merkle_root": merkle, "corrupted_merkle_tree": False,
+            "epoch": max(rec.epoch, st.primary_epoch if st is not None else 0),
+        }
+
+    def with_secondary(self, entry: SecondaryEntry) -> ReplicationRecord:
+        """The DR primary record with ``entry`` added or replaced."""
+        assert self.dr is not None
+        return self.dr.with_secondary(entry)
+
+    def revoked(self, secondary_id: str) -> ReplicationRecord:
+        """The DR primary record with ``secondary_id`` revoked."""
+        assert self.dr is not None
+        s = self.dr.secondary(secondary_id)
+        assert s is not None
+        return self.dr.with_secondary(replace(s, revoked=True))
+
+
+def _rfc3339(t: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))

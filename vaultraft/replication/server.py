@@ -1,0 +1,507 @@
+"""The primary side: an asyncio mutual-TLS server that ships the WAL to secondaries.
+
+One :class:`ReplicationServer` runs on every node of a primary cluster. A connection goes:
+TCP accept (connection cap) → TLS handshake with a *required* client certificate signed by
+the replication CA (nothing is read from the peer before it is verified) → Hello (the
+certificate CN is the secondary id) → authorization and active-node check → Welcome →
+optional bulk sync → WAL streaming with heartbeats, until either side closes. See DESIGN.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import ssl
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from vaultraft.raft.tls import NodeCert, PKIError, peer_node_id, server_context
+from vaultraft.replication.interfaces import Mode, WalSource
+from vaultraft.replication.registry import (
+    PrimaryState,
+    SecondaryContact,
+    SecondaryRegistry,
+)
+from vaultraft.replication.wire import (
+    DEFAULT_MAX_FRAME_BYTES,
+    Ack,
+    BulkBegin,
+    BulkChunk,
+    BulkEnd,
+    DigestReply,
+    DigestRequest,
+    Error,
+    Heartbeat,
+    Hello,
+    Message,
+    PeerClosed,
+    Redirect,
+    ThrottledLog,
+    Wal,
+    Welcome,
+    WireError,
+    format_addr,
+    read_message,
+    write_message,
+)
+from vaultraft.storage.batch import Batch
+from vaultraft.storage.wal import WalEntry
+
+__all__ = ["PrimaryState", "ReplicationServer", "SecondaryContact", "SecondaryRegistry", "ServerConfig",
+           "filter_local"]
+
+log = structlog.get_logger("vaultraft.replication")
+_throttled = ThrottledLog()
+#: Secondaries only send small control messages.
+_CLIENT_FRAME_LIMIT = 64 << 10
+_OFFLOAD_FILTER_BYTES = 256 << 10
+_CLOSE_GRACE = 1.0
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Limits and timings of a :class:`ReplicationServer`."""
+
+    max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
+    handshake_timeout: float = 10.0  # accept → TLS handshake → Hello received
+    heartbeat_interval: float = 1.0  # a Heartbeat after this much silence
+    idle_timeout: float = 60.0  # close if the secondary sends nothing for this long
+    write_timeout: float = 60.0  # close if a frame is not taken by the secondary in this time
+    max_connections: int = 64  # handshaking and established together
+    eviction_grace: float = 0.5  # an unauthenticated connection older than this may be evicted
+    wal_max_entries: int = 1024  # per read_wal call (one Wal frame)
+    wal_max_bytes: int = 1 << 20
+    bulk_chunk_bytes: int = 1 << 20
+    max_pending_digests: int = 4
+    state_check_interval: float = 1.0  # how often a stream re-checks authorization and leadership
+
+
+class _Close(Exception):
+    """End this connection after sending ``reply`` (if any)."""
+
+    def __init__(self, reason: str, reply: Message | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.reply = reply
+
+
+@dataclass(eq=False)
+class _Conn:
+    """Mutable per-connection state (internal)."""
+
+    task: asyncio.Task[None]
+    writer: asyncio.StreamWriter
+    peer: str
+    created: float = field(default_factory=time.monotonic)
+    authenticated: bool = False
+    secondary_id: str = ""
+    mode: Mode = "dr"
+    lineage: str = ""
+    epoch: int = 0
+    sent_index: int = 0
+    acked_index: int = 0
+    last_recv: float = field(default_factory=time.time)
+    last_send: float = field(default_factory=time.monotonic)
+    last_heartbeat: float = field(default_factory=time.monotonic)
+    last_check: float = field(default_factory=time.monotonic)
+    digests: collections.deque[int] = field(default_factory=collections.deque)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class ReplicationServer:
+    """Serves the WAL of this primary node to authorized secondaries over mutual TLS."""
+
+    def __init__(self, source: WalSource, registry: SecondaryRegistry, cert: NodeCert,
+                 host: str = "0.0.0.0", port: int = 0, *, config: ServerConfig | None = None) -> None:
+        """``cert`` is this node's certificate from the replication CA (which also signs
+        every secondary's client certificate). Nothing listens until :meth:`start`."""
+        self._source = source
+        self._registry = registry
+        self._cert = cert
+        self._host = host
+        self._port = port
+        self._cfg = config or ServerConfig()
+        self._ctx: ssl.SSLContext | None = None
+        self._server: asyncio.Server | None = None
+        self._conns: set[_Conn] = set()
+        self._closing = False
+
+    @property
+    def bound_address(self) -> str:
+        """The listening ``host:port`` (the real port when started with port 0)."""
+        if self._server is None or not self._server.sockets:
+            raise RuntimeError("replication server is not started")
+        host, port = self._server.sockets[0].getsockname()[:2]
+        return format_addr(str(host), int(port))
+
+    async def start(self) -> None:
+        """Build the TLS context and start listening."""
+        if self._server is not None:
+            raise RuntimeError("replication server already started")
+        self._ctx = await asyncio.to_thread(server_context, self._cert)
+        self._closing = False
+        self._server = await asyncio.start_server(self._on_accept, self._host, self._port, backlog=128,
+                                                  limit=_CLIENT_FRAME_LIMIT)
+        log.info("replication_server_started", address=self.bound_address)
+
+    async def aclose(self) -> None:
+        """Stop listening, close every connection and wait for their tasks to finish."""
+        self._closing = True
+        if self._server is not None:
+            self._server.close()
+        conns = list(self._conns)
+        for conn in conns:
+            _abort(conn.writer)
+            conn.task.cancel()
+        await asyncio.gather(*(c.task for c in conns), return_exceptions=True)
+        if self._server is not None:
+            await self._server.wait_closed()
+            log.info("replication_server_stopped")
+            self._server = None
+
+    def disconnect(self, secondary_id: str) -> int:
+        """Close every connection of ``secondary_id`` at once (revocation); returns how many.
+
+        Authorization is the registry's: revoke there first so that a reconnect is refused.
+        """
+        closed = 0
+        for conn in list(self._conns):
+            if conn.secondary_id == secondary_id:
+                _abort(conn.writer)
+                conn.task.cancel()
+                closed += 1
+        if closed:
+            log.info("replication_secondary_disconnected_by_primary", secondary_id=secondary_id,
+                     connections=closed)
+        return closed
+
+    def connection_count(self) -> int:
+        """Open connections, handshaking ones included."""
+        return len(self._conns)
+
+    # -- accept and handshake ----------------------------------------------------------------
+
+    async def _on_accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # No await may come before start_tls: until then the plain StreamReader would
+        # swallow the TLS ClientHello.
+        task = asyncio.current_task()
+        peer = _peer(writer)
+        if self._closing or self._ctx is None or task is None:
+            _abort(writer)
+            return
+        if len(self._conns) >= self._cfg.max_connections and not self._evict():
+            _throttled("warning", "replication_connection_refused", reason="connection_cap", remote=peer)
+            _abort(writer)
+            return
+        conn = _Conn(task=task, writer=writer, peer=peer)
+        self._conns.add(conn)
+        try:
+            await self._serve(conn, reader)
+        except asyncio.CancelledError:
+            pass  # aclose() or disconnect(): this is the connection's top-level task
+        finally:
+            self._conns.discard(conn)
+            _abort(writer)
+            if conn.secondary_id:
+                log.info("replication_secondary_disconnected", secondary_id=conn.secondary_id, peer=peer)
+                self._contact(conn, connected=False)
+
+    def _evict(self) -> bool:
+        """Close the oldest unauthenticated connection past its grace period, if any."""
+        now = time.monotonic()
+        stale = [c for c in self._conns if not c.authenticated and now - c.created >= self._cfg.eviction_grace]
+        if not stale:
+            return False
+        victim = min(stale, key=lambda c: c.created)
+        _throttled("info", "replication_connection_evicted", remote=victim.peer)
+        self._conns.discard(victim)
+        _abort(victim.writer)
+        victim.task.cancel()
+        return True
+
+    async def _serve(self, conn: _Conn, reader: asyncio.StreamReader) -> None:
+        assert self._ctx is not None
+        try:
+            async with asyncio.timeout(self._cfg.handshake_timeout):
+                await conn.writer.start_tls(self._ctx, ssl_handshake_timeout=self._cfg.handshake_timeout)
+                peer_id = peer_node_id(conn.writer.get_extra_info("ssl_object"))
+                conn.authenticated = True
+                hello = await read_message(reader, _CLIENT_FRAME_LIMIT)
+        except (OSError, ssl.SSLError, PKIError, TimeoutError) as e:
+            _throttled("info", "replication_handshake_failed", remote=conn.peer, reason=type(e).__name__)
+            return
+        except (WireError, PeerClosed) as e:
+            _throttled("info", "replication_hello_failed", remote=conn.peer, reason=str(e)[:200])
+            return
+        try:
+            if not isinstance(hello, Hello):
+                raise _Close("expected_hello", Error("protocol", "the first message must be hello"))
+            self._admit(conn, peer_id, hello)
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._read_loop(conn, reader))
+                tg.create_task(self._send_loop(conn, hello))
+        except Exception as e:  # noqa: BLE001 - every failure ends this connection only
+            await self._finish(conn, _leaf(e))
+
+    def _admit(self, conn: _Conn, peer_id: str, hello: Hello) -> None:
+        """Authorize the Hello; raise _Close with the refusal otherwise."""
+        if hello.secondary_id != peer_id:
+            raise _Close("id_mismatch", Error("unauthorized", "secondary id does not match the certificate"))
+        mode = self._registry.authorize(peer_id)
+        if mode is None:
+            raise _Close("unauthorized", Error("unauthorized", "unknown or revoked secondary"))
+        if hello.mode != mode:
+            raise _Close("mode_mismatch", Error("mode_mismatch", f"secondary is activated for {mode}"))
+        state = self._registry.primary_state()
+        self._check_active(state)
+        conn.secondary_id, conn.mode, conn.lineage, conn.epoch = peer_id, mode, state.lineage, state.epoch
+        conn.acked_index = hello.remote_index
+        log.info("replication_secondary_connected", secondary_id=peer_id, mode=mode, peer=conn.peer,
+                 remote_index=hello.remote_index)
+        self._contact(conn, connected=True)
+
+    @staticmethod
+    def _check_active(state: PrimaryState) -> None:
+        if not state.is_active:
+            if state.active_addr:
+                raise _Close("redirect", Redirect(state.active_addr))
+            raise _Close("not_active", Error("not_active", "this node is not the active node"))
+
+    async def _finish(self, conn: _Conn, e: BaseException) -> None:
+        """Log why the connection ends, send the refusal if there is one, close gracefully."""
+        if isinstance(e, _Close):
+            level = "warning" if e.reason in ("unauthorized", "id_mismatch", "mode_mismatch") else "info"
+            _throttled(level, "replication_connection_closed", secondary_id=conn.secondary_id or None,
+                       remote=conn.peer, reason=e.reason)
+            if e.reply is not None:
+                with contextlib.suppress(Exception):
+                    await write_message(conn.writer, e.reply, self._cfg.max_frame_bytes, _CLOSE_GRACE)
+        elif isinstance(e, WireError):
+            _throttled("warning", "replication_protocol_error", secondary_id=conn.secondary_id or None,
+                       remote=conn.peer, reason=str(e)[:200])
+            with contextlib.suppress(Exception):
+                await write_message(conn.writer, Error("protocol", str(e)[:200]), _CLIENT_FRAME_LIMIT,
+                                    _CLOSE_GRACE)
+        elif isinstance(e, (PeerClosed, OSError, TimeoutError)):
+            _throttled("info", "replication_connection_lost", secondary_id=conn.secondary_id or None,
+                       remote=conn.peer, reason=type(e).__name__)
+        else:
+            # Only the type: a source's message could quote stored data.
+            log.error("replication_stream_failed", secondary_id=conn.secondary_id or None, error=type(e).__name__)
+        conn.writer.close()
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(_CLOSE_GRACE):
+                await conn.writer.wait_closed()
+
+    # -- the two halves of an established connection ------------------------------------------
+
+    async def _read_loop(self, conn: _Conn, reader: asyncio.StreamReader) -> None:
+        while True:
+            async with asyncio.timeout(self._cfg.idle_timeout):
+                msg = await read_message(reader, _CLIENT_FRAME_LIMIT)
+            conn.last_recv = time.time()
+            if isinstance(msg, Ack):
+                conn.acked_index = msg.remote_index
+                self._contact(conn, connected=True)
+            elif isinstance(msg, DigestRequest):
+                if len(conn.digests) >= self._cfg.max_pending_digests:
+                    raise WireError("too many pending digest requests")
+                conn.digests.append(msg.request_id)
+                conn.wake.set()
+            elif isinstance(msg, Error):
+                raise _Close(f"secondary_error:{msg.code[:64]}")
+            else:
+                raise WireError(f"unexpected {msg.TYPE} message from a secondary")
+
+    async def _send_loop(self, conn: _Conn, hello: Hello) -> None:
+        applied = self._source.applied_index()
+        first, _ = self._source.wal_bounds()
+        r = hello.remote_index
+        stream = (hello.lineage == conn.lineage and hello.complete and r <= applied
+                  and (first - 1 <= r or r == applied))
+        await self._send(conn, Welcome(conn.lineage, conn.epoch, not stream))
+        pos = r if stream else await self._bulk_sync(conn)
+        conn.sent_index = pos
+        while True:
+            self._check_state(conn)
+            if conn.digests:
+                pos = await self._answer_digest(conn, pos)
+                continue
+            applied = self._source.applied_index()
+            entries = await self._source.read_wal(pos, self._cfg.wal_max_entries, self._cfg.wal_max_bytes)
+            if self._fell_behind(pos):
+                log.info("replication_secondary_fell_behind", secondary_id=conn.secondary_id, remote_index=pos)
+                pos = await self._bulk_sync(conn)
+                continue
+            if entries:
+                pos = await self._send_wal(conn, entries)
+                continue
+            await self._idle(conn, applied)
+
+    def _fell_behind(self, pos: int) -> bool:
+        """After a read from ``pos``: were entries after ``pos`` truncated (so the read may have
+        skipped some)? Truncation only moves forward, so checking after the read suffices."""
+        first, _ = self._source.wal_bounds()
+        return first - 1 > pos and self._source.applied_index() != pos
+
+    async def _send_wal(self, conn: _Conn, entries: list[WalEntry]) -> int:
+        if conn.mode == "performance":
+            if sum(len(b) for e in entries for b in e.batches) >= _OFFLOAD_FILTER_BYTES:
+                entries = await asyncio.to_thread(filter_local, entries)
+            else:
+                entries = filter_local(entries)
+        conn.sent_index = entries[-1].index
+        await self._send(conn, Wal(conn.epoch, tuple(entries)))
+        return conn.sent_index
+
+    async def _bulk_sync(self, conn: _Conn) -> int:
+        log.info("replication_bulk_sync_started", secondary_id=conn.secondary_id, mode=conn.mode)
+        items_sent = 0
+        async with self._source.snapshot(conn.mode) as snap:
+            index = snap.index
+            await self._send(conn, BulkBegin(conn.lineage, index))
+            chunks = snap.chunks(self._cfg.bulk_chunk_bytes)
+            try:
+                async for items in chunks:
+                    if items:
+                        await self._send(conn, BulkChunk(tuple(items)))
+                        items_sent += len(items)
+                    await self._heartbeat_if_due(conn, busy=True)
+            finally:
+                aclose = getattr(chunks, "aclose", None)
+                if aclose is not None:
+                    await aclose()
+            await self._send(conn, BulkEnd(index))
+        conn.sent_index = index
+        log.info("replication_bulk_sync_finished", secondary_id=conn.secondary_id, index=index, items=items_sent)
+        return index
+
+    async def _answer_digest(self, conn: _Conn, pos: int) -> int:
+        """Compute the digest at X, send every entry <= X (none beyond), then the reply."""
+        request_id = conn.digests.popleft()
+        for _ in range(3):
+            index, root = await self._digest(conn)
+            if index < pos:  # the source went backwards: recompute rather than reply falsely
+                continue
+            while True:
+                entries = await self._source.read_wal(pos, self._cfg.wal_max_entries, self._cfg.wal_max_bytes)
+                if self._fell_behind(pos):
+                    pos = await self._bulk_sync(conn)
+                    break  # the secondary now stands at the snapshot: compute a fresh digest
+                upto = [e for e in entries if e.index <= index]
+                if upto:
+                    pos = await self._send_wal(conn, upto)
+                if len(upto) < len(entries) or not entries:
+                    await self._send(conn, DigestReply(request_id, index, root))
+                    return pos
+        raise _Close("digest_unavailable", Error("digest_unavailable", "could not compute a consistent digest"))
+
+    async def _digest(self, conn: _Conn) -> tuple[int, str]:
+        """``source.digest``, with heartbeats while a large keyspace is hashed."""
+        digest = asyncio.ensure_future(self._source.digest(conn.mode))
+        try:
+            while not digest.done():
+                await asyncio.wait({digest}, timeout=self._cfg.heartbeat_interval)
+                await self._heartbeat_if_due(conn)
+        finally:
+            if not digest.done():
+                digest.cancel()
+                await asyncio.gather(digest, return_exceptions=True)
+        return digest.result()
+
+    async def _idle(self, conn: _Conn, applied: int) -> None:
+        """Wait for an apply past ``applied``, a digest request, or the heartbeat deadline."""
+        remaining = conn.last_send + self._cfg.heartbeat_interval - time.monotonic()
+        if remaining > 0 and not conn.digests:
+            conn.wake.clear()
+            waiter = asyncio.ensure_future(self._source.wait_for_index(applied, remaining))
+            woken = asyncio.ensure_future(conn.wake.wait())
+            try:
+                await asyncio.wait({waiter, woken}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for t in (waiter, woken):
+                    t.cancel()
+                await asyncio.gather(waiter, woken, return_exceptions=True)
+            error = waiter.exception() if waiter.done() and not waiter.cancelled() else None
+            if error is not None:
+                raise error
+        await self._heartbeat_if_due(conn)
+
+    async def _heartbeat_if_due(self, conn: _Conn, *, busy: bool = False) -> None:
+        """A heartbeat after ``heartbeat_interval`` of silence, or (``busy``: during a bulk
+        sync, whose chunks the secondary does not acknowledge) of no heartbeat, so that the
+        secondary's Acks keep the idle timeout from firing."""
+        now = time.monotonic()
+        last = conn.last_heartbeat if busy else conn.last_send
+        if now - last >= self._cfg.heartbeat_interval:
+            await self._send(conn, Heartbeat(self._source.applied_index(), conn.epoch, time.time()))
+            conn.last_heartbeat = now
+
+    def _check_state(self, conn: _Conn) -> None:
+        """Every ``state_check_interval``: still authorized, still active, same lineage."""
+        now = time.monotonic()
+        if now - conn.last_check < self._cfg.state_check_interval:
+            return
+        conn.last_check = now
+        if self._registry.authorize(conn.secondary_id) != conn.mode:
+            raise _Close("revoked", Error("unauthorized", "unknown or revoked secondary"))
+        state = self._registry.primary_state()
+        self._check_active(state)
+        if state.lineage != conn.lineage:
+            raise _Close("lineage_changed", Error("lineage_changed", "the primary's lineage changed"))
+        conn.epoch = max(conn.epoch, state.epoch)
+
+    async def _send(self, conn: _Conn, msg: Message) -> None:
+        await write_message(conn.writer, msg, self._cfg.max_frame_bytes, self._cfg.write_timeout)
+        conn.last_send = time.monotonic()
+
+    def _contact(self, conn: _Conn, *, connected: bool) -> None:
+        try:
+            self._registry.on_contact(SecondaryContact(conn.secondary_id, conn.mode, connected,
+                                                       conn.acked_index, conn.last_recv, conn.peer))
+        except Exception as e:  # noqa: BLE001 - a registry bug must not kill the stream
+            log.error("replication_contact_failed", error=type(e).__name__)
+
+
+def filter_local(entries: list[WalEntry]) -> list[WalEntry]:
+    """What a performance secondary receives: ops with ``local=True`` removed, batches left
+    empty dropped, every entry kept (so indexes still advance). Undecodable batches raise
+    BatchDecodeError (fail closed: a batch we cannot read might hold local data)."""
+    out: list[WalEntry] = []
+    for e in entries:
+        batches: list[bytes] = []
+        changed = False
+        for raw in e.batches:
+            batch = Batch.decode(raw)
+            if not any(op.local for op in batch.ops):
+                batches.append(raw)
+                continue
+            changed = True
+            ops = tuple(op for op in batch.ops if not op.local)
+            if ops:
+                batches.append(Batch(ops, batch.request_id).encode())
+        out.append(WalEntry(e.index, e.ts_ms, tuple(batches)) if changed else e)
+    return out
+
+
+def _leaf(e: BaseException) -> BaseException:
+    """The first non-group exception inside a (nested) exception group."""
+    while isinstance(e, BaseExceptionGroup) and e.exceptions:
+        e = e.exceptions[0]
+    return e
+
+
+def _peer(writer: asyncio.StreamWriter) -> str:
+    addr: Any = writer.get_extra_info("peername")
+    if isinstance(addr, tuple) and len(addr) >= 2:
+        return format_addr(str(addr[0]), int(addr[1]))
+    return "?"
+
+
+def _abort(writer: asyncio.StreamWriter) -> None:
+    with contextlib.suppress(Exception):
+        writer.transport.abort()

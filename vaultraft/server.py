@@ -28,7 +28,7 @@ from vaultraft.logical import VaultError
 from vaultraft.logging import configure_logging
 from vaultraft.raft.node import RaftPhysical
 from vaultraft.storage import Physical
-from vaultraft.storage.lmdb_store import LMDBStore
+from vaultraft.storage.lmdb_store import LMDBStore, WalRetention
 from vaultraft.storage.local import LocalPhysical
 
 log = structlog.get_logger("vaultraft.server")
@@ -179,7 +179,9 @@ async def open_physical(config: ServerConfig) -> Physical:
     if st.type == "raft":
         assert st.path
         os.makedirs(st.path, mode=0o700, exist_ok=True)
-        store = await asyncio.to_thread(LMDBStore, os.path.join(st.path, "vault.db"))
+        rep = config.replication
+        retention = WalRetention(entries=rep.wal_retention_entries, age_ms=rep.wal_retention_age * 1000)
+        store = await asyncio.to_thread(LMDBStore, os.path.join(st.path, "vault.db"), wal_retention=retention)
         return RaftPhysical(store, data_dir=st.path, node_id=node_id_for(config),
                             self_addr=cluster_self_addr(config, config.listeners[0]),
                             bind_addr=config.listeners[0].cluster_address)
@@ -205,6 +207,12 @@ async def serve(config: ServerConfig, dev: DevOptions | None) -> int:
         performance_standby=_truthy(st.options.get("performance_standby", False)),
         replication_addr=replication_advertise(config, listener) if st.type == "raft" else "",
         replication_bind=listener.replication_address if st.type == "raft" else "",
+        dr_sync=config.replication.dr_sync,
+        dr_sync_timeout=float(config.replication.dr_sync_timeout),
+        auto_promote=config.replication.auto_promote,
+        failover_timeout=float(config.replication.failover_timeout),
+        witness_address=config.replication.witness_address,
+        witness_tls_bundle=config.replication.witness_tls_bundle,
     ))
     if dev is None:
         try:

@@ -16,11 +16,10 @@ from typing import Any
 import hvac
 import pytest
 
-from cluster.local import ClusterNode, LocalCluster
+from cluster.local import LocalCluster
+from tests.integration.dr_helpers import MOUNT, caught_up, client, dr_status, node, operation_token, wait_for
 
 pytestmark = pytest.mark.xdist_group("test_dr_replication")
-
-MOUNT = "drkv"
 
 
 class Pair:
@@ -44,57 +43,9 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
         s.stop()
 
 
-def node(lc: LocalCluster) -> ClusterNode:
-    return lc.nodes[0]
-
-
-def client(lc: LocalCluster, token: str | None = None) -> hvac.Client:
-    return hvac.Client(url=node(lc).addr, token=token or lc.root_token, timeout=30)
-
-
 def write(pair: Pair, lc: LocalCluster, key: str, value: str, token: str | None = None) -> None:
     client(lc, token).secrets.kv.v2.create_or_update_secret(key, {"v": value}, mount_point=MOUNT)
     pair.acked[key] = value
-
-
-def dr_status(lc: LocalCluster) -> dict[str, Any]:
-    status, body = node(lc).request("GET", "sys/replication/dr/status")
-    assert status == 200, body
-    return dict(body["data"])
-
-
-def wait_for(what: str, check: Any, timeout: float = 30.0) -> Any:
-    end = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < end:
-        last = check()
-        if last:
-            return last
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}: {last!r}")
-
-
-def caught_up(primary: LocalCluster, secondary: LocalCluster) -> None:
-    want = dr_status(primary)["last_wal"]
-    wait_for("the secondary to catch up", lambda: (st := dr_status(secondary))["state"] == "stream-wals"
-             and st["last_remote_wal"] >= want)
-
-
-def operation_token(lc: LocalCluster, keys: list[str]) -> str:
-    """Vault's DR operation token ceremony with ``keys`` (the primary's unseal keys)."""
-    n = node(lc)
-    status, start = n.request("PUT", "sys/replication/dr/secondary/generate-operation-token/attempt", {})
-    assert status == 200 and start["started"], start
-    otp, nonce = start["otp"], start["nonce"]
-    done: dict[str, Any] = {}
-    for key in keys[: start["required"]]:
-        status, done = n.request("PUT", "sys/replication/dr/secondary/generate-operation-token/update",
-                                 {"key": key, "nonce": nonce})
-        assert status == 200, done
-    assert done["complete"], done
-    status, decoded = n.request("PUT", "sys/decode-token", {"encoded_token": done["encoded_token"], "otp": otp})
-    assert status == 200, decoded
-    return str(decoded["data"]["token"])
 
 
 def test_activate_and_stream(pair: Pair) -> None:

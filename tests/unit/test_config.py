@@ -96,7 +96,8 @@ def test_good_hcl(tmp_path: Path) -> None:
     assert cfg.cluster_name == "prod" and cfg.log_level == "warn" and cfg.log_format == "standard"
     assert cfg.ui and cfg.disable_mlock and cfg.pid_file == "/run/vault.pid"
     assert (cfg.default_lease_ttl, cfg.max_lease_ttl) == (3600, 86400)
-    assert cfg.replication == {"resolver_discover_servers": False}
+    assert cfg.replication.vault_options == {"resolver_discover_servers": False}
+    assert cfg.replication.dr_sync is False and cfg.replication.wal_retention_entries == 100_000
 
 
 def test_good_json_and_defaults(tmp_path: Path) -> None:
@@ -309,3 +310,32 @@ def test_reading_does_not_write(tmp_path: Path) -> None:
     before = sorted(os.listdir(tmp_path))
     load_config([path])
     assert sorted(os.listdir(tmp_path)) == before
+
+
+@pytest.mark.parametrize(("stanza", "message"), [
+    ('replication {\n  wat = 1\n}', 'replication: unknown key "wat"'),
+    ('replication {\n  dr_sync = "maybe"\n}', "replication: dr_sync:"),
+    ('replication {\n  auto_promote = true\n}', "auto_promote needs witness_address and witness_tls_bundle"),
+    ('replication {\n  witness_address = "nohost"\n}', "replication: witness_address"),
+    ('replication {\n  dr_sync_timeout = "0s"\n}', "dr_sync_timeout must be positive"),
+])
+def test_replication_stanza_errors_are_one_line(tmp_path, stanza: str, message: str) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "c.hcl"
+    path.write_text('storage "raft" {\n  path = "/tmp/x"\n}\nlistener "tcp" {\n  address = "127.0.0.1:8200"\n'
+                    '  tls_disable = true\n}\n' + stanza + "\n")
+    with pytest.raises(ConfigError) as e:
+        load_config([str(path)])
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_replication_stanza_values(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "c.hcl"
+    path.write_text('storage "raft" {\n  path = "/tmp/x"\n}\nlistener "tcp" {\n  address = "127.0.0.1:8200"\n'
+                    '  tls_disable = true\n  replication_address = "127.0.0.1:9202"\n}\n'
+                    'replication {\n  dr_sync = true\n  dr_sync_timeout = "2s"\n  wal_retention_entries = 500\n'
+                    '  auto_promote = true\n  failover_timeout = "8s"\n  witness_address = "127.0.0.1:8300"\n'
+                    '  witness_tls_bundle = "/etc/vaultraft/witness.pem"\n}\n')
+    cfg = load_config([str(path)])
+    r = cfg.replication
+    assert (r.dr_sync, r.dr_sync_timeout, r.wal_retention_entries, r.auto_promote, r.failover_timeout) == (True, 2, 500, True, 8)
+    assert cfg.listeners[0].replication_address == "127.0.0.1:9202"

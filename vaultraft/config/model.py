@@ -122,6 +122,25 @@ class SealConfigBlock:
 
 
 @dataclass(frozen=True)
+class ReplicationConfig:
+    """The ``replication {}`` stanza: WAL retention, synchronous DR and fenced auto-promotion.
+
+    ``witness_tls_bundle`` is a PEM file from ``vaultraft witness issue`` (certificate, key
+    and the witness CA); ``vault_options`` keeps Vault's own keys, accepted and unused.
+    """
+
+    wal_retention_entries: int = 100_000
+    wal_retention_age: int = 3600
+    dr_sync: bool = False
+    dr_sync_timeout: int = 5
+    auto_promote: bool = False
+    failover_timeout: int = 10
+    witness_address: str = ""
+    witness_tls_bundle: str = ""
+    vault_options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     """The whole merged server configuration."""
 
@@ -141,7 +160,7 @@ class ServerConfig:
     disable_performance_standby: bool = False
     disable_clustering: bool = False
     raw_storage_endpoint: bool = False
-    replication: dict[str, Any] = field(default_factory=dict)
+    replication: ReplicationConfig = field(default_factory=ReplicationConfig)
     dev: bool = False
     files: tuple[str, ...] = ()
 

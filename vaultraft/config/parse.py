@@ -24,6 +24,7 @@ from vaultraft.config.model import (
     DEFAULT_MAX_REQUEST_SIZE,
     ConfigError,
     ListenerConfig,
+    ReplicationConfig,
     SealConfigBlock,
     ServerConfig,
     StorageConfig,
@@ -420,6 +421,51 @@ def _parse_file(name: str) -> _Partial:
     return part
 
 
+_VAULT_REPLICATION_KEYS = frozenset({
+    "resolver_discover_servers", "logshipper_buffer_length", "logshipper_buffer_size",
+    "allow_forwarding_via_header", "best_effort_wal_wait_duration",
+})
+
+
+def _replication(tagged: tuple[dict[str, Any], str]) -> ReplicationConfig:
+    """The typed ``replication {}`` stanza (one precise ConfigError line per fault)."""
+    body, name = tagged
+    convs: dict[str, Callable[[Any], Any]] = {
+        "wal_retention_entries": _to_int, "wal_retention_age": _to_duration, "dr_sync": _to_bool,
+        "dr_sync_timeout": _to_duration, "auto_promote": _to_bool, "failover_timeout": _to_duration,
+        "witness_address": _to_str, "witness_tls_bundle": _to_str,
+    }
+    values: dict[str, Any] = {}
+    vault: dict[str, Any] = {}
+    for key, raw in body.items():
+        if key in _VAULT_REPLICATION_KEYS:
+            vault[key] = raw
+            continue
+        conv = convs.get(key)
+        if conv is None:
+            raise ConfigError(f'{name}: replication: unknown key "{key}"')
+        try:
+            values[key] = conv(raw)
+        except _Fail as e:
+            raise ConfigError(f"{name}: replication: {key}: {e}") from None
+    cfg = ReplicationConfig(**values, vault_options=vault)
+    if cfg.wal_retention_entries < 0 or cfg.wal_retention_age <= 0:
+        raise ConfigError(f"{name}: replication: wal_retention_entries must be >= 0 and wal_retention_age > 0")
+    if cfg.dr_sync_timeout <= 0:
+        raise ConfigError(f"{name}: replication: dr_sync_timeout must be positive")
+    if cfg.witness_address:
+        try:
+            split_host_port(cfg.witness_address)
+        except ValueError as e:
+            raise ConfigError(f"{name}: replication: witness_address {_show(cfg.witness_address)}: {e}") from None
+    if cfg.auto_promote:
+        if not cfg.witness_address or not cfg.witness_tls_bundle:
+            raise ConfigError(f"{name}: replication: auto_promote needs witness_address and witness_tls_bundle")
+        if cfg.failover_timeout < 3:
+            raise ConfigError(f"{name}: replication: failover_timeout must be at least 3s with auto_promote")
+    return cfg
+
+
 def _expand(paths: list[str]) -> list[str]:
     """Files to read, in order; a directory stands for its ``*.hcl``/``*.json`` files, sorted."""
     files: list[str] = []
@@ -491,7 +537,7 @@ def load_config(paths: list[str]) -> ServerConfig:
         disable_performance_standby=scalar("disable_performance_standby", False),
         disable_clustering=scalar("disable_clustering", False),
         raw_storage_endpoint=scalar("raw_storage_endpoint", False),
-        replication=scalar("replication", {}),
+        replication=_replication(merged.scalars.get("replication", ({}, label))),
         files=tuple(files),
     )
 

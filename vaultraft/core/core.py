@@ -66,6 +66,12 @@ class CoreSettings:
     performance_standby: bool = False
     replication_addr: str = ""  # host:port secondaries dial (advertised)
     replication_bind: str = ""  # host:port the replication listener binds
+    dr_sync: bool = False  # acknowledge a write only once a DR secondary holds it
+    dr_sync_timeout: float = 5.0
+    auto_promote: bool = False
+    failover_timeout: float = 10.0
+    witness_address: str = ""
+    witness_tls_bundle: str = ""
 
 
 @dataclass(frozen=True)
@@ -299,7 +305,10 @@ class Core:
                 raise NotLeader(info.api_addr if info else None) from None
         if req.operation in _LOCAL_OPS:
             await self.cluster.read_barrier()
-        return await handle_request(self, req)
+        resp = await handle_request(self, req)
+        if self.settings.dr_sync and req.operation not in _LOCAL_OPS and not req.path.startswith("sys/replication/"):
+            await self.replication.wait_if_sync(self.settings.dr_sync_timeout)
+        return resp
 
     async def _wait_for_index(self, req: Request) -> None:
         """Read-after-write: wait until this node applied the client's X-Vault-Index."""

@@ -476,6 +476,10 @@ class LMDBStore:
 
     # -- replication (primary side) ------------------------------------------------------
 
+    def wal_last(self) -> int:
+        """The index of the newest WAL entry (0 if none); cheap, no transaction."""
+        return self._wal_last
+
     def wal_bounds(self) -> tuple[int, int]:
         """(first, last) retained WAL index. With nothing retained: (applied + 1, applied),
         so only a secondary that already holds everything may stream (0, 0 on a new store)."""

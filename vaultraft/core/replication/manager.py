@@ -24,7 +24,7 @@ import structlog
 from vaultraft.core.key_ops import KeyOps
 from vaultraft.core.tokens.entry import new_token_id
 from vaultraft.core.replication.records import ReplicationRecord, SecondaryEntry, load_record, save_record
-from vaultraft.logical import InvalidRequest
+from vaultraft.logical import InvalidRequest, Unavailable
 from vaultraft.raft.replica import RaftReplicaSink, RaftWalSource
 from vaultraft.raft.tls import ClusterCA, NodeCert, address_ips
 from vaultraft.replication.client import ReplicationClient
@@ -75,6 +75,7 @@ class _Registry:
 
     def on_contact(self, contact: SecondaryContact) -> None:
         self._m.contacts[contact.secondary_id] = contact
+        self._m.wake_durable()
 
 
 class _ActivatingSink(RaftReplicaSink):
@@ -113,8 +114,47 @@ class ReplicationManager:
         self._client_key: tuple[str, tuple[str, ...]] | None = None
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
+        self._durable = asyncio.Event()  # set (and replaced) whenever a secondary acknowledges
         self.bundle_private_key: bytes | None = None  # from generate-public-key
         self._operation_ops: KeyOps | None = None
+
+    # ---- synchronous DR ------------------------------------------------------------------
+
+    def wake_durable(self) -> None:
+        """A secondary acknowledged something: wake writes waiting in sync mode."""
+        event, self._durable = self._durable, asyncio.Event()
+        event.set()
+
+    def secondary_durable_index(self) -> int:
+        """The highest primary index a connected DR secondary has applied (0 if none)."""
+        return max((c.remote_index for c in self.contacts.values() if c.connected and c.mode == "dr"), default=0)
+
+    async def wait_if_sync(self, timeout: float) -> None:
+        """Sync mode, after a write: wait until a DR secondary holds every WAL entry this
+        node has applied so far (which includes the write). A no-op unless this cluster is
+        a DR primary with at least one activated secondary."""
+        rec, raft = self.dr, self.core.cluster.raft
+        if rec is None or rec.mode != "primary" or raft is None:
+            return
+        if not any(s.activated and not s.revoked for s in rec.secondaries):
+            return
+        await self.wait_secondary_durable(raft.store.wal_last(), timeout)
+
+    async def wait_secondary_durable(self, index: int, timeout: float) -> None:
+        """Sync mode: return once a DR secondary has applied ``index`` (its own Raft log
+        committed it); Unavailable after ``timeout`` (the write is on the primary but was
+        not acknowledged, so no promotion can lose an acknowledged write)."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout
+        while self.secondary_durable_index() < index:
+            remaining = end - loop.time()
+            if remaining <= 0:
+                raise Unavailable("write not acknowledged: no DR secondary confirmed it within dr_sync_timeout "
+                                  "(replication dr_sync = true)")
+            try:
+                await asyncio.wait_for(self._durable.wait(), remaining)
+            except TimeoutError:
+                pass
 
     # ---- DR operation tokens -------------------------------------------------------------
 

@@ -1,0 +1,78 @@
+"""Shared steps of the DR replication integration tests (real processes, hvac)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import hvac
+
+from cluster.local import ClusterNode, LocalCluster
+
+MOUNT = "drkv"
+
+
+def node(lc: LocalCluster) -> ClusterNode:
+    return lc.nodes[0]
+
+
+def client(lc: LocalCluster, token: str | None = None) -> hvac.Client:
+    return hvac.Client(url=node(lc).addr, token=token or lc.root_token, timeout=30)
+
+
+def dr_status(lc: LocalCluster) -> dict[str, Any]:
+    status, body = node(lc).request("GET", "sys/replication/dr/status")
+    assert status == 200, body
+    return dict(body["data"])
+
+
+def wait_for(what: str, check: Any, timeout: float = 30.0) -> Any:
+    end = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < end:
+        last = check()
+        if last:
+            return last
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}: {last!r}")
+
+
+def caught_up(primary: LocalCluster, secondary: LocalCluster) -> None:
+    want = dr_status(primary)["last_wal"]
+    wait_for("the secondary to catch up", lambda: (st := dr_status(secondary))["state"] == "stream-wals"
+             and st["last_remote_wal"] >= want)
+
+
+def operation_token(lc: LocalCluster, keys: list[str]) -> str:
+    """Vault's DR operation token ceremony with ``keys`` (the primary's unseal keys)."""
+    n = node(lc)
+    status, start = n.request("PUT", "sys/replication/dr/secondary/generate-operation-token/attempt", {})
+    assert status == 200 and start["started"], start
+    otp, nonce = start["otp"], start["nonce"]
+    done: dict[str, Any] = {}
+    for key in keys[: start["required"]]:
+        status, done = n.request("PUT", "sys/replication/dr/secondary/generate-operation-token/update",
+                                 {"key": key, "nonce": nonce})
+        assert status == 200, done
+    assert done["complete"], done
+    status, decoded = n.request("PUT", "sys/decode-token", {"encoded_token": done["encoded_token"], "otp": otp})
+    assert status == 200, decoded
+    return str(decoded["data"]["token"])
+
+
+def activate(primary: LocalCluster, secondary: LocalCluster, secondary_id: str) -> None:
+    """Enable ``primary`` as a DR primary (if it is not one yet) and make ``secondary`` its
+    DR secondary; returns once the secondary streams and has caught up."""
+    if dr_status(primary).get("mode") != "primary":
+        client(primary).write("sys/replication/dr/primary/enable")
+    tok = client(primary).write("sys/replication/dr/primary/secondary-token", id=secondary_id)
+    client(secondary).write("sys/replication/dr/secondary/enable", token=tok["wrap_info"]["token"])
+    caught_up(primary, secondary)
+
+
+def unseal_with(lc: LocalCluster, keys: list[str], threshold: int) -> None:
+    """Unseal every node of ``lc`` with ``keys`` (a DR secondary takes its primary's keys)."""
+    for n in lc.nodes:
+        for key in keys[:threshold]:
+            status, body = n.request("PUT", "sys/unseal", {"key": key})
+            assert status == 200, body

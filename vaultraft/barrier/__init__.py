@@ -13,6 +13,7 @@ from vaultraft.barrier.errors import (
     BarrierNotInitialized,
     BarrierSealed,
     BarrierWriteError,
+    ReplicatedReadOnly,
 )
 from vaultraft.barrier.keyring import CIPHERTEXT_VERSION, HEADER_BYTES, KEY_BYTES
 
@@ -32,4 +33,5 @@ __all__ = [
     "BarrierSealed",
     "BarrierWriteError",
     "KeyStatus",
+    "ReplicatedReadOnly",
 ]

@@ -23,6 +23,7 @@ from vaultraft.barrier.errors import (
     BarrierNotInitialized,
     BarrierSealed,
     BarrierWriteError,
+    ReplicatedReadOnly,
 )
 from vaultraft.barrier.keyring import (
     KEY_BYTES,
@@ -34,6 +35,7 @@ from vaultraft.barrier.keyring import (
 )
 from vaultraft.storage.batch import Batch, Op
 from vaultraft.storage.physical import ApplyResult, Physical
+from vaultraft.storage.wal import is_cluster_own
 
 KEYRING_PATH = "core/keyring"
 _KEYRING_AAD = KEYRING_PATH.encode()
@@ -202,9 +204,21 @@ class Barrier:
         self._require()
         return await self._physical.list(prefix)
 
+    #: Set on a performance secondary: replicated (non-local) keys belong to the primary.
+    replicated_read_only = False
+
+    def _check_writable(self, key: str, local: bool) -> None:
+        if self.replicated_read_only and not local and not is_cluster_own(key):
+            raise ReplicatedReadOnly()
+
     async def apply(self, ops: Sequence[BarrierOp]) -> ApplyResult:
-        """Encrypt every value and apply all ops as ONE physical batch (atomic, in order)."""
+        """Encrypt every value and apply all ops as ONE physical batch (atomic, in order).
+
+        Raises ReplicatedReadOnly (writing nothing) for a replicated key on a performance
+        secondary."""
         self._require()
+        for key, _, local in ops:
+            self._check_writable(key, local)
         batch_ops: list[Op] = []
         for key, value, local in ops:
             if value is None:
@@ -284,6 +298,7 @@ class Barrier:
         await self._apply_raw(Op.put(KEYRING_PATH, blob))
 
     async def _apply_raw(self, op: Op) -> None:
+        self._check_writable(op.key, op.local)
         result = await self._physical.apply(Batch((op,), secrets.token_bytes(16)))
         if result.error is not None:
             raise BarrierWriteError(f"storage rejected write: {result.error}")

@@ -48,3 +48,11 @@ class BarrierDecryptError(BarrierError):
 
 class BarrierWriteError(BarrierError):
     """The physical layer rejected a barrier-internal write (e.g. the keyring)."""
+
+
+class ReplicatedReadOnly(BarrierError):
+    """A write of replicated state on a performance secondary: only its primary may make it
+    (core forwards the whole request there)."""
+
+    def __init__(self, message: str = "cannot write replicated state on a performance secondary") -> None:
+        super().__init__(message)

@@ -15,7 +15,7 @@ import structlog
 
 from vaultraft import VAULT_COMPAT_VERSION
 from vaultraft.audit import AuditBroker
-from vaultraft.barrier import KEYRING_PATH, Barrier
+from vaultraft.barrier import KEYRING_PATH, Barrier, ReplicatedReadOnly
 from vaultraft.core.audit_table import AuditTable
 from vaultraft.core import raft_ops
 from vaultraft.core.cluster import LEADER_KEY, ROLE_POLL, ClusterLink, LeaderInfo
@@ -39,6 +39,7 @@ from vaultraft.logical import (
     Response,
     Sealed,
     StorageEntry,
+    Unavailable,
 )
 from vaultraft.storage import Physical
 
@@ -292,6 +293,8 @@ class Core:
             raise Sealed()
         if self.replication.dr_secondary:
             raise InvalidRequest(DR_PATH_DISABLED)
+        if self.replication.pending is not None:
+            raise Unavailable("this cluster is being activated as a performance secondary; retry shortly")
         if not self.active:
             if not self._serves_locally(req):
                 info = await self.leader_info()
@@ -305,7 +308,12 @@ class Core:
                 raise NotLeader(info.api_addr if info else None) from None
         if req.operation in _LOCAL_OPS:
             await self.cluster.read_barrier()
-        resp = await handle_request(self, req)
+        try:
+            resp = await handle_request(self, req)
+        except ReplicatedReadOnly:
+            # a performance secondary: the request writes replicated state, which only the
+            # primary may do; it runs there under the caller's identity as checked here
+            return await self.replication.forward_to_primary(req)
         if self.settings.dr_sync and req.operation not in _LOCAL_OPS and not req.path.startswith("sys/replication/"):
             await self.replication.wait_if_sync(self.settings.dr_sync_timeout)
         return resp
@@ -324,6 +332,21 @@ class Core:
             raise PreconditionFailed(f"this node has not yet applied index {want}; retry or "
                                      "send X-Vault-Inconsistent: forward-active-node")
 
+    def local_prefixes(self) -> tuple[str, ...]:
+        """Storage prefixes of this cluster's local state (never shipped to a performance
+        secondary, kept by one across a resync): tokens, local tables, local mounts."""
+        prefixes = ["sys/token/", "core/local-"]
+        u = self._u
+        if u is not None:
+            for entry in u.mounts.entries.values():
+                if entry.local or entry.type == "cubbyhole":
+                    prefixes.append(f"logical/{entry.uuid}/")
+        return tuple(prefixes)
+
+    def is_local_key(self, key: str) -> bool:
+        """Whether the physical ``key`` is local state (see :meth:`local_prefixes`)."""
+        return key.startswith(self.local_prefixes())
+
     def _serves_locally(self, req: Request) -> bool:
         """A performance standby answers reads from its own copy of the state."""
         return (self.settings.performance_standby and req.operation in _LOCAL_OPS
@@ -339,7 +362,8 @@ class Core:
     def _on_applied(self, index: int, keys: Sequence[str]) -> None:
         """Called on the Raft thread after each applied entry (never blocks it)."""
         loop, queue = self._loop, self._invalidations
-        if loop is None or queue is None or (self._active and not self.replication.dr_secondary):
+        if loop is None or queue is None or (self._active and not self.replication.dr_secondary
+                                             and not self.replication.perf_secondary):
             return
         watched = [k for k in keys if k.startswith(_WATCHED)]
         if watched:
@@ -351,35 +375,39 @@ class Core:
             keys = await self._invalidations.get()
             while not self._invalidations.empty():
                 keys.extend(self._invalidations.get_nowait())
-            if self._u is None or (self._active and not self.replication.dr_secondary):
+            if self._u is None or (self._active and not self.replication.dr_secondary
+                                   and not self.replication.perf_secondary):
+                continue
+            secondary = self.replication.dr_secondary or self.replication.perf_secondary
+            if secondary and KEYRING_PATH in keys and not self._active and not await self._follow_primary_keyring():
                 continue
             if self.replication.dr_secondary:
-                await self._dr_keyring_changed(keys)
                 continue
             try:
                 if KEYRING_PATH in keys:
                     await self.barrier.reload_keyring()
                 if any(k in _SEAL_RECORDS for k in keys):
                     self.seals.forget_config()
-                if any(k.startswith(_TABLE_KEYS) for k in keys) and self.settings.performance_standby:
+                if any(k.startswith(_TABLE_KEYS) for k in keys) and (self.settings.performance_standby
+                                                                     or self.replication.perf_secondary):
                     await self._load_tables(create=False)
                 elif any(k.startswith("sys/policy/") for k in keys):
                     self.unsealed.policies.invalidate()
             except Exception as e:  # a failed refresh is retried by the next change
                 log.warning("standby_invalidation_failed", error=type(e).__name__)
 
-    async def _dr_keyring_changed(self, keys: list[str]) -> None:
-        """A DR secondary standby: follow the primary's keyring; when this node's root key
-        no longer opens it (the cluster was just activated against a primary), seal, so an
-        operator unseals it with the primary's keys."""
-        if KEYRING_PATH not in keys or self._active:
-            return
+    async def _follow_primary_keyring(self) -> bool:
+        """A replication secondary's standby: follow the primary's keyring; when this node's
+        root key no longer opens it (the cluster was just activated against a primary),
+        seal, so an operator unseals it with the primary's keys. False when sealing."""
         try:
             await self.barrier.reload_keyring()
+            return True
         except Exception as e:
             log.warning("keyring_unreadable_sealing", error=type(e).__name__)
             if self._self_seal is None or self._self_seal.done():
                 self._self_seal = asyncio.get_running_loop().create_task(self.seal(), name="self_seal")
+            return False
 
     async def enter_dr_secondary(self) -> None:
         """Stop serving clients: this cluster now only follows a DR primary."""

@@ -116,28 +116,36 @@ class MountTable:
         self.name = name
         self._replicated = replicated
         self._local = local
+        self._stored: dict[str, bytes] = {}  # each half as last read or written
         self.entries: dict[str, MountEntry] = {}
 
     async def load(self) -> bool:
         """Read both halves; False when nothing was stored yet."""
         found = False
         self.entries = {}
+        self._stored = {}
         for view, key in ((self._replicated, self.name), (self._local, "local-" + self.name)):
             e = await view.get(key)
             if e is None:
                 continue
             found = True
+            self._stored[key] = e.value
             for d in json.loads(e.value):
                 m = MountEntry.deserialize(d)
                 self.entries[m.path] = m
         return found
 
     async def save(self) -> None:
-        """Write both halves (each one batch)."""
-        rep = [m.serialize() for m in self.entries.values() if not m.local]
-        loc = [m.serialize() for m in self.entries.values() if m.local]
-        await self._replicated.put(StorageEntry(self.name, json.dumps(rep, sort_keys=True).encode()))
-        await self._local.put(StorageEntry("local-" + self.name, json.dumps(loc, sort_keys=True).encode()))
+        """Write the halves that changed since they were loaded or saved (each one batch):
+        a local mount's change never writes the replicated table, which on a performance
+        secondary belongs to the primary."""
+        stored = self._stored
+        rep = json.dumps([m.serialize() for m in self.entries.values() if not m.local], sort_keys=True).encode()
+        loc = json.dumps([m.serialize() for m in self.entries.values() if m.local], sort_keys=True).encode()
+        for view, key, value in ((self._replicated, self.name, rep), (self._local, "local-" + self.name, loc)):
+            if stored.get(key) != value:
+                await view.put(StorageEntry(key, value))
+                stored[key] = value
 
     def conflict(self, path: str) -> str | None:
         """An existing mount that ``path`` would overlap (equal, parent or child)."""

@@ -79,10 +79,14 @@ def _derive(req: Request, **changes: Any) -> Request:
     return new
 
 
-async def handle_request(core: "Core", req: Request) -> Response | None:
-    """Authenticate, authorize, audit and route ``req`` (whose path is the full path)."""
+async def handle_request(core: "Core", req: Request, *, forwarded: TokenEntry | None = None) -> Response | None:
+    """Authenticate, authorize, audit and route ``req`` (whose path is the full path).
+
+    ``forwarded`` is the caller as a performance secondary authenticated it (a request it
+    forwarded because it writes replicated state): its policies are checked here again,
+    and it is neither looked up nor charged a use (the secondary did both)."""
     u = core.unsealed
-    entry = await authenticate(core, req.client_token)
+    entry = forwarded if forwarded is not None else await authenticate(core, req.client_token)
     route = core.router.match(req.path)
     if route is None:
         raise UnsupportedPath(f"no handler for route \"{req.path}\". route entry not found.")
@@ -129,7 +133,7 @@ async def handle_request(core: "Core", req: Request) -> Response | None:
             raise PermissionDenied()
         routed.sudo = verdict.root_privs
     routed.is_root = "root" in entry.policies
-    used = await u.tokens.use(entry)
+    used = entry if forwarded is not None else await u.tokens.use(entry)
     if used is None:
         raise PermissionDenied()
     try:

@@ -13,9 +13,10 @@ from typing import Any, Awaitable, Callable
 
 from vaultraft.core import Core
 from vaultraft.core.key_ops import decode_share, decode_token
-from vaultraft.core.replication import ops
+from vaultraft.core.replication import ops, secondary_ops
+from vaultraft.http.errors import status_for
 from vaultraft.http.sys_keys import _bool, _str
-from vaultraft.logical import InvalidRequest, NotLeader, UnsupportedOperation
+from vaultraft.logical import InvalidRequest, NotLeader, UnsupportedOperation, VaultError
 
 Handler = Callable[[Core, str, dict[str, Any]], Awaitable[tuple[int, Any]]]
 
@@ -64,11 +65,24 @@ async def activate(core: Core, method: str, body: dict[str, Any]) -> tuple[int, 
     return 200, {"data": await ops.activate(core, _str(body, "id"), _str(body, "secret"), _str(body, "public_key"))}
 
 
+async def forward(core: Core, method: str, body: dict[str, Any]) -> tuple[int, Any]:
+    """A performance secondary's signed write, run here on the primary (see secondary_ops)."""
+    _post(method)
+    req, caller = await secondary_ops.verify_forwarded(core, body)
+    try:
+        resp = await secondary_ops.run_forwarded(core, req, caller)
+    except VaultError as e:
+        return 200, secondary_ops.forwarded_answer(core, status_for(e), {"errors": e.messages})
+    if resp is None:
+        return 200, secondary_ops.forwarded_answer(core, 204, None)
+    return 200, secondary_ops.forwarded_answer(core, resp.status or 200, secondary_ops.envelope(resp, req))
+
+
 async def promote(core: Core, method: str, body: dict[str, Any]) -> tuple[int, Any]:
     """``dr/secondary/promote`` (dr_operation_token, primary_cluster_addr, force)."""
     _post(method)
     _bool(body, "force")
-    return 200, _warnings(await ops.promote(core, _str(body, "dr_operation_token"), _str(body, "primary_cluster_addr")))
+    return 200, _warnings(await secondary_ops.promote(core, _str(body, "dr_operation_token"), _str(body, "primary_cluster_addr")))
 
 
 async def update_primary(core: Core, method: str, body: dict[str, Any]) -> tuple[int, Any]:
@@ -77,20 +91,20 @@ async def update_primary(core: Core, method: str, body: dict[str, Any]) -> tuple
     token = _str(body, "token")
     if not token:
         raise InvalidRequest("missing required 'token' parameter")
-    return 200, _warnings(await ops.update_primary(core, _str(body, "dr_operation_token"), token,
+    return 200, _warnings(await secondary_ops.update_primary(core, _str(body, "dr_operation_token"), token,
                                                    _str(body, "primary_api_addr"), _str(body, "ca_file")))
 
 
 async def disable_secondary(core: Core, method: str, body: dict[str, Any]) -> tuple[int, Any]:
     """``dr/secondary/disable`` (dr_operation_token)."""
     _post(method)
-    return 200, _warnings(await ops.disable_secondary(core, _str(body, "dr_operation_token")))
+    return 200, _warnings(await secondary_ops.disable_secondary(core, _str(body, "dr_operation_token")))
 
 
 async def operation_token_delete(core: Core, method: str, body: dict[str, Any]) -> tuple[int, Any]:
     """``dr/secondary/operation-token/delete`` (dr_operation_token)."""
     _post(method)
-    await ops.check_operation_token(core, _str(body, "dr_operation_token"))
+    await secondary_ops.check_operation_token(core, _str(body, "dr_operation_token"))
     await core.replication.delete_operation_token()
     return 204, None
 
@@ -98,7 +112,7 @@ async def operation_token_delete(core: Core, method: str, body: dict[str, Any]) 
 async def merkle_check(core: Core, method: str, body: dict[str, Any]) -> tuple[int, Any]:
     """``dr/secondary/merkle-check``: compare this secondary's digest with its primary's."""
     _post(method)
-    await ops.check_operation_token(core, _str(body, "dr_operation_token"))
+    await secondary_ops.check_operation_token(core, _str(body, "dr_operation_token"))
     return 200, {"data": await ops.merkle_check(core)}
 
 
@@ -156,6 +170,7 @@ HANDLERS: dict[str, Handler] = {
     "sys/replication/dr/status": dr_status,
     "sys/replication/performance/status": performance_status,
     "sys/replication/internal/activate": activate,
+    "sys/replication/internal/forward": forward,
     "sys/replication/dr/secondary/promote": promote,
     "sys/replication/dr/secondary/update-primary": update_primary,
     "sys/replication/dr/secondary/disable": disable_secondary,

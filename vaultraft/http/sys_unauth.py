@@ -185,7 +185,7 @@ async def health(core: Core, request: "web.BaseRequest") -> tuple[int, Any]:
         "sealed": sealed,
         "standby": standby,
         "performance_standby": perf,
-        "replication_performance_mode": "disabled",
+        "replication_performance_mode": core.replication.perf.mode if core.replication.perf is not None and not sealed else "disabled",
         "replication_dr_mode": core.replication.dr.mode if core.replication.dr is not None and not sealed else "disabled",
         "server_time_utc": int(time.time()),
         "version": VAULT_COMPAT_VERSION,

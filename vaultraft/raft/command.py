@@ -57,6 +57,7 @@ class Command:
     remote_index: int = 0
     items: tuple[tuple[str, bytes], ...] = ()
     wal: tuple[WalEntry, ...] = ()
+    keep: tuple[str, ...] = ()  # REPL_RESET: key prefixes that survive (a performance secondary's local state)
     raw_batches: tuple[bytes, ...] = field(default=(), compare=False, repr=False)
 
     def encode(self) -> bytes:
@@ -65,6 +66,8 @@ class Command:
         if self.kind >= CommandKind.REPL_RESET:
             extra.update(lineage=self.lineage, remote=self.remote_index,
                          items=[[k, v] for k, v in self.items], wal=[e.encode() for e in self.wal])
+            if self.keep:
+                extra["keep"] = list(self.keep)
         packed: bytes = msgpack.packb(
             [COMMAND_VERSION, int(self.kind), [b.encode() for b in self.batches], self.nonce, extra],
             use_bin_type=True)
@@ -99,7 +102,9 @@ class Command:
         except BatchDecodeError as e:
             raise CommandDecodeError(str(e)) from None
         ts, lineage, remote = extra.get("ts", 0), extra.get("lineage", ""), extra.get("remote", 0)
-        raw_items, raw_wal = extra.get("items", []), extra.get("wal", [])
+        raw_items, raw_wal, keep = extra.get("items", []), extra.get("wal", []), extra.get("keep", [])
+        if not (isinstance(keep, list) and all(isinstance(k, str) and k for k in keep)):
+            raise CommandDecodeError("malformed keep prefixes")
         if not (isinstance(ts, int) and isinstance(lineage, str) and isinstance(remote, int)
                 and isinstance(raw_items, list) and isinstance(raw_wal, list)):
             raise CommandDecodeError("malformed command fields")
@@ -115,4 +120,4 @@ class Command:
             raise CommandDecodeError(str(e)) from None
         if len(wal) != len(raw_wal):
             raise CommandDecodeError("a wal entry is not bytes")
-        return Command(k, batches, nonce, ts, lineage, remote, tuple(items), wal, tuple(raw_batches))
+        return Command(k, batches, nonce, ts, lineage, remote, tuple(items), wal, tuple(keep), tuple(raw_batches))

@@ -79,7 +79,7 @@ class StateMachine:
             for attempt in range(9):
                 try:
                     err, keys = self.store.apply_remote(index, term, op, lineage=cmd.lineage, remote=cmd.remote_index,
-                                                        items=cmd.items, wal=cmd.wal)
+                                                        items=cmd.items, wal=cmd.wal, keep=cmd.keep)
                     break
                 except lmdb.MapFullError:
                     if attempt == 8:

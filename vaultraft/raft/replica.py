@@ -195,7 +195,11 @@ class RaftReplicaSink:
 
     async def begin_bulk(self, lineage: str, index: int) -> None:
         """Drop every replicated key and start an incomplete sync at ``index``."""
-        await self._submit(Command(CommandKind.REPL_RESET, lineage=lineage, remote_index=index))
+        await self.begin_bulk_keeping(lineage, index, ())
+
+    async def begin_bulk_keeping(self, lineage: str, index: int, keep: tuple[str, ...]) -> None:
+        """:meth:`begin_bulk`, keeping keys under the ``keep`` prefixes (local state)."""
+        await self._submit(Command(CommandKind.REPL_RESET, lineage=lineage, remote_index=index, keep=keep))
 
     async def bulk_put(self, items: Sequence[tuple[str, bytes]]) -> None:
         """Store snapshot pairs verbatim (split into entries of at most MAX_ENTRY_BYTES)."""

@@ -393,10 +393,11 @@ class LMDBStore:
         return self._replica
 
     def apply_remote(self, index: int, term: int, op: str, *, lineage: str, remote: int,
-                     items: Sequence[tuple[str, bytes]] = (),
-                     wal: Sequence[WalEntry] = ()) -> tuple[str | None, builtins.list[str]]:
+                     items: Sequence[tuple[str, bytes]] = (), wal: Sequence[WalEntry] = (),
+                     keep: Sequence[str] = ()) -> tuple[str | None, builtins.list[str]]:
         """Apply one replication command as local log entry ``index``; returns (error, keys
-        changed). ``op`` is "reset" (drop every key but cluster-own ones, drop the WAL, start
+        changed). ``op`` is "reset" (drop every key but cluster-own ones and those under the
+        ``keep`` prefixes, drop the WAL, start
         an incomplete sync of ``lineage`` at ``remote``), "put" (store ``items`` verbatim),
         "end" (the sync of ``lineage`` is complete at ``remote``) or "wal" (apply ``wal``
         entries above the stored remote index; refused unless the stored lineage matches and
@@ -409,7 +410,7 @@ class LMDBStore:
         try:
             with self._guard.shared(), self._env.begin(write=True) as txn:
                 if op == "reset":
-                    keys = self._drop_replicated(txn)
+                    keys = self._drop_replicated(txn, tuple(keep))
                     txn.drop(self._wal, delete=False)
                     state = ReplicaState(lineage, remote, False)
                 elif op == "put":
@@ -442,13 +443,13 @@ class LMDBStore:
             self._wal_last = 0
         return err, keys
 
-    def _drop_replicated(self, txn: lmdb.Transaction) -> builtins.list[str]:
+    def _drop_replicated(self, txn: lmdb.Transaction, keep: tuple[str, ...]) -> builtins.list[str]:
         dropped: builtins.list[str] = []
         cur = txn.cursor(db=self._data)
         found = cur.first()
         while found:
             k = bytes(cur.key()).decode("utf-8")
-            if is_cluster_own(k):
+            if is_cluster_own(k) or (keep and k.startswith(keep)):
                 found = cur.next()
             else:
                 dropped.append(k)

@@ -58,18 +58,18 @@ class _Registry:
         self._m = manager
 
     def authorize(self, secondary_id: str) -> Any:
-        rec = self._m.dr
-        if rec is None or rec.mode != "primary":
-            return None
-        s = rec.secondary(secondary_id)
-        if s is None or s.revoked or not s.activated:
-            return None
-        return s.mode
+        for rec in self._m.records.values():
+            if rec.mode != "primary":
+                continue
+            s = rec.secondary(secondary_id)
+            if s is not None and not s.revoked and s.activated:
+                return s.mode
+        return None
 
     def primary_state(self) -> PrimaryState:
-        rec = self._m.dr
+        rec = self._m.primary_record()
         core = self._m.core
-        active = core.active and rec is not None and rec.mode == "primary"
+        active = core.active and rec is not None
         return PrimaryState(is_active=active, lineage=rec.lineage if rec else "", epoch=rec.epoch if rec else 0,
                             active_addr=None if active else self._m.active_replication_addr)
 
@@ -88,6 +88,15 @@ class _ActivatingSink(RaftReplicaSink):
         super().__init__(raft)
         self._m = manager
 
+    async def begin_bulk(self, lineage: str, index: int) -> None:
+        # A performance secondary keeps its own local state (tokens, local mounts) across
+        # a resync; a first activation (pending) and a DR secondary keep nothing but their
+        # cluster-own entries.
+        keep: tuple[str, ...] = ()
+        if self._m.perf_secondary and self._m.pending is None:
+            keep = self._m.core.local_prefixes()
+        await self.begin_bulk_keeping(lineage, index, keep)
+
     async def end_bulk(self, lineage: str, index: int) -> None:
         await super().end_bulk(lineage, index)
         await self._m.finish_activation()
@@ -104,7 +113,7 @@ class ReplicationManager:
 
     def __init__(self, core: "Core") -> None:
         self.core = core
-        self.dr: ReplicationRecord | None = None
+        self.records: dict[str, ReplicationRecord] = {}
         self.pending: PendingActivation | None = None
         self.contacts: dict[str, SecondaryContact] = {}
         self.active_replication_addr: str | None = None
@@ -117,6 +126,12 @@ class ReplicationManager:
         self._durable = asyncio.Event()  # set (and replaced) whenever a secondary acknowledges
         self.bundle_private_key: bytes | None = None  # from generate-public-key
         self._operation_ops: KeyOps | None = None
+
+    async def forward_to_primary(self, req: Any) -> Any:
+        """A performance secondary: run ``req`` on the primary (see secondary_ops)."""
+        from vaultraft.core.replication.secondary_ops import forward_to_primary
+
+        return await forward_to_primary(self.core, req)
 
     # ---- synchronous DR ------------------------------------------------------------------
 
@@ -193,14 +208,63 @@ class ReplicationManager:
     # ---- state --------------------------------------------------------------------------
 
     @property
+    def dr(self) -> ReplicationRecord | None:
+        """The DR record (None: DR replication is not enabled here)."""
+        return self.records.get("dr")
+
+    @dr.setter
+    def dr(self, rec: ReplicationRecord | None) -> None:
+        self.set_record("dr", rec)
+
+    @property
+    def perf(self) -> ReplicationRecord | None:
+        """The performance replication record."""
+        return self.records.get("performance")
+
+    def set_record(self, kind: str, rec: ReplicationRecord | None) -> None:
+        """Remember ``rec`` as this node's record of ``kind`` (None: forget it)."""
+        if rec is None:
+            self.records.pop(kind, None)
+        else:
+            self.records[kind] = rec
+        self.core.barrier.replicated_read_only = self.perf_secondary
+
+    def _pending_kind(self, kind: str) -> bool:
+        return self.pending is not None and self.pending.record.kind == kind
+
+    @property
     def dr_secondary(self) -> bool:
         """Whether this cluster is (or is becoming) a DR secondary: it serves no clients."""
-        return self.pending is not None or (self.dr is not None and self.dr.mode == "secondary")
+        return self._pending_kind("dr") or (self.dr is not None and self.dr.mode == "secondary")
+
+    @property
+    def perf_secondary(self) -> bool:
+        """Whether this cluster is (or is becoming) a performance secondary: it serves
+        reads from its copy and forwards writes of replicated state to its primary."""
+        return self._pending_kind("performance") or (self.perf is not None and self.perf.mode == "secondary")
 
     @property
     def dr_primary(self) -> bool:
         """Whether this cluster is a DR primary."""
         return self.dr is not None and self.dr.mode == "primary"
+
+    def primary_record(self) -> ReplicationRecord | None:
+        """The record this cluster serves secondaries from (DR first; both share a CA and lineage)."""
+        for kind in ("dr", "performance"):
+            rec = self.records.get(kind)
+            if rec is not None and rec.mode == "primary":
+                return rec
+        return None
+
+    def secondary_record(self) -> ReplicationRecord | None:
+        """The record of the primary this cluster follows (pending activation first)."""
+        if self.pending is not None:
+            return self.pending.record
+        for kind in ("dr", "performance"):
+            rec = self.records.get(kind)
+            if rec is not None and rec.mode == "secondary":
+                return rec
+        return None
 
     def _view(self) -> Any:
         view = self.core.unsealed.sys_view
@@ -209,7 +273,8 @@ class ReplicationManager:
 
     async def load(self) -> None:
         """Re-read this cluster's records (standbys follow the active node's changes)."""
-        self.dr = await load_record(self._view(), "dr")
+        for kind in ("dr", "performance"):
+            self.set_record(kind, await load_record(self._view(), kind))
 
     # ---- lifecycle ------------------------------------------------------------------------
 
@@ -255,20 +320,22 @@ class ReplicationManager:
     async def reconcile(self) -> None:
         """Start or stop the server and client to match the records and this node's role."""
         if not self.core.active:
-            was = self.dr_secondary
+            was, was_perf = self.dr_secondary, self.perf_secondary
             await self.load()
             if was and not self.dr_secondary:  # the active node promoted or disabled the cluster
                 await self.core.leave_dr_secondary()
             elif self.dr_secondary and not was:  # the active node demoted the cluster
                 await self.core.enter_dr_secondary()
+            elif was_perf != self.perf_secondary:  # a performance role changed: fresh stores
+                await self.core.leave_dr_secondary()
         await self._refresh_active_addr()
-        rec = self.dr
-        if rec is not None and rec.mode == "primary":
+        rec = self.primary_record()
+        if rec is not None:
             await self._ensure_server(rec)
         else:
             await self._stop_server()
-        target = self.pending.record if self.pending is not None else rec
-        if (target is not None and target.mode == "secondary" and target.secondary_id and self.core.active):
+        target = self.secondary_record()
+        if (target is not None and target.secondary_id and self.core.active):
             await self._ensure_client(target)
         else:
             await self._stop_client()
@@ -292,7 +359,8 @@ class ReplicationManager:
         raft = self.core.cluster.raft
         assert raft is not None
         host, _, port = bind.rpartition(":")
-        server = ReplicationServer(RaftWalSource(raft), _Registry(self), cert, host.strip("[]"), int(port))
+        source = RaftWalSource(raft, local_filter=self.core.is_local_key)
+        server = ReplicationServer(source, _Registry(self), cert, host.strip("[]"), int(port))
         await server.start()
         self.server = server
 
@@ -308,12 +376,13 @@ class ReplicationManager:
             return
         await self._stop_client()
         cert = NodeCert(cert_pem=rec.cert_pem.encode(), key_pem=rec.key_pem.encode(), ca_pem=rec.ca_cert_pem.encode())
-        client = ReplicationClient(_ActivatingSink(self), cert, list(rec.primary_cluster_addrs), "dr",
+        mode: Any = rec.kind
+        client = ReplicationClient(_ActivatingSink(self), cert, list(rec.primary_cluster_addrs), mode,
                                    secondary_id=rec.secondary_id,
                                    accept_server_id=lambda cn: cn.startswith("primary:"))
         self.client, self._client_key = client, key
         self._client_task = asyncio.get_running_loop().create_task(client.run(), name="replication_client")
-        log.info("replication_client_started", primaries=len(rec.primary_cluster_addrs))
+        log.info("replication_client_started", kind=rec.kind, primaries=len(rec.primary_cluster_addrs))
 
     async def _stop_client(self) -> None:
         task, self._client_task = self._client_task, None
@@ -341,9 +410,12 @@ class ReplicationManager:
             await core.barrier.put(path, plain)
         await save_record(self._view(), p.record)
         core.seals.forget_config()  # the primary's seal configuration arrived with its data
-        self.dr, self.pending = p.record, None
+        self.pending = None
+        self.set_record(p.record.kind, p.record)
+        if p.record.kind == "performance":
+            await core.leave_dr_secondary()  # fresh stores over the primary's data; serve again
         p.done.set()
-        log.info("replication_secondary_activated", secondary_id=p.record.secondary_id)
+        log.info("replication_secondary_activated", kind=p.record.kind, secondary_id=p.record.secondary_id)
 
     async def reload_keyring(self) -> None:
         """Pick up a keyring the primary changed (rotation) on this secondary's active node."""
@@ -357,15 +429,16 @@ class ReplicationManager:
 
     def status(self, kind: str) -> dict[str, Any]:
         """Vault's ``sys/replication/<kind>/status`` data for this node."""
-        rec = self.dr if kind == "dr" else None
-        if self.pending is not None and kind == "dr":
+        rec = self.records.get(kind)
+        if self._pending_kind(kind):
+            assert self.pending is not None
             rec = self.pending.record
         if rec is None:
             return {"mode": "disabled"}
         source = self.core.cluster.raft
         merkle = ""
         if rec.mode == "primary":
-            secondaries = []
+            secondaries: list[dict[str, Any]] = []
             for s in rec.secondaries:
                 if s.revoked or not s.activated:
                     continue

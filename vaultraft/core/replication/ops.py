@@ -23,7 +23,7 @@ import structlog
 
 from vaultraft.core.replication.manager import PendingActivation, ReplicationManager
 from vaultraft.core.replication.records import ReplicationRecord, SecondaryEntry, delete_record, save_record
-from vaultraft.logical import InvalidRequest, NotLeader, PermissionDenied
+from vaultraft.logical import InvalidRequest, NotFound, NotLeader, PermissionDenied
 from vaultraft.raft.tls import ClusterCA
 from vaultraft.replication.activation import (
     ActivationToken,
@@ -67,49 +67,68 @@ def _require_raft(core: "Core") -> None:
 
 # ---- primary side ------------------------------------------------------------------------
 
+_NAMES = {"dr": "DR", "performance": "performance"}
 
-async def enable_primary(core: "Core", primary_cluster_addr: str = "") -> list[str]:
-    """Make this cluster a DR primary (new replication CA, lineage and epoch)."""
+
+def _kind(kind: str) -> str:
+    if kind not in _NAMES:
+        raise InvalidRequest(f"unknown replication kind {kind!r}")
+    return kind
+
+
+async def enable_primary(core: "Core", primary_cluster_addr: str = "", kind: str = "dr") -> list[str]:
+    """Make this cluster a primary of ``kind`` (sharing the replication CA, lineage and
+    epoch with its other primary role, if any; new ones otherwise)."""
     m = await _active_manager(core)
-    if m.dr is not None and m.dr.mode == "primary":
-        raise InvalidRequest("DR replication is already enabled as a primary on this cluster")
-    if m.dr_secondary:
-        raise InvalidRequest("this cluster is a DR secondary; promote it instead")
-    cluster_id = str(uuid.uuid4())
-    ca = ClusterCA.create("vaultraft-replication-" + cluster_id)
-    rec = ReplicationRecord(kind="dr", mode="primary", cluster_id=cluster_id, lineage=str(uuid.uuid4()),
-                            epoch=1, primary_cluster_addr=primary_cluster_addr,
-                            ca_cert_pem=ca.cert_pem.decode(), ca_key_pem=ca.key_pem.decode())
+    _kind(kind)
+    existing = m.records.get(kind)
+    if existing is not None and existing.mode == "primary":
+        raise InvalidRequest(f"{_NAMES[kind]} replication is already enabled as a primary on this cluster")
+    if m.secondary_record() is not None:
+        raise InvalidRequest("this cluster is a replication secondary; promote it instead")
+    other = m.primary_record()
+    if other is not None:
+        rec = replace(other, kind=kind, secondaries=(), primary_cluster_addr=primary_cluster_addr,
+                      operation_token_sha256="")
+    else:
+        cluster_id = str(uuid.uuid4())
+        ca = ClusterCA.create("vaultraft-replication-" + cluster_id)
+        rec = ReplicationRecord(kind=kind, mode="primary", cluster_id=cluster_id, lineage=str(uuid.uuid4()),
+                                epoch=1, primary_cluster_addr=primary_cluster_addr,
+                                ca_cert_pem=ca.cert_pem.decode(), ca_key_pem=ca.key_pem.decode())
     await save_record(m._view(), rec)
-    m.dr = rec
+    m.set_record(kind, rec)
     m.poke()
-    log.info("replication_primary_enabled", kind="dr")
+    log.info("replication_primary_enabled", kind=kind)
     return [ENABLE_WARNING.format(role="primary")]
 
 
-def _primary(m: ReplicationManager) -> ReplicationRecord:
-    if m.dr is None or m.dr.mode != "primary":
-        raise InvalidRequest("this cluster is not a DR primary")
-    return m.dr
+def _primary(m: ReplicationManager, kind: str) -> ReplicationRecord:
+    rec = m.records.get(_kind(kind))
+    if rec is None or rec.mode != "primary":
+        raise InvalidRequest(f"this cluster is not a {_NAMES[kind]} primary")
+    return rec
 
 
-async def secondary_token(core: "Core", secondary_id: str, ttl: int, secondary_public_key: str = "") -> dict[str, Any]:
+async def secondary_token(core: "Core", secondary_id: str, ttl: int, secondary_public_key: str = "",
+                          kind: str = "dr") -> dict[str, Any]:
     """A one-time activation token for secondary ``secondary_id`` (Vault's wrap_info shape).
 
     With ``secondary_public_key`` (from the secondary's ``generate-public-key``) the token
     carries the activation bundle encrypted to that key, so the secondary never calls this
     cluster's API."""
     m = await _active_manager(core)
-    rec = _primary(m)
+    rec = _primary(m, kind)
     if not secondary_id:
         raise InvalidRequest("missing required 'id' parameter")
-    existing = rec.secondary(secondary_id)
-    if existing is not None and not existing.revoked:
-        raise InvalidRequest(f"a secondary with id {secondary_id!r} already exists; revoke it first")
+    for r in m.records.values():
+        existing = r.secondary(secondary_id) if r.mode == "primary" else None
+        if existing is not None and not existing.revoked:
+            raise InvalidRequest(f"a secondary with id {secondary_id!r} already exists; revoke it first")
     ttl = ttl or DEFAULT_TOKEN_TTL
     secret = secrets.token_bytes(32)
     expires = int(time.time()) + ttl
-    entry = SecondaryEntry(id=secondary_id, mode="dr", secret_sha256=hashlib.sha256(secret).hexdigest(),
+    entry = SecondaryEntry(id=secondary_id, mode=kind, secret_sha256=hashlib.sha256(secret).hexdigest(),
                            expires_at=expires)
     bundle = b""
     if secondary_public_key:
@@ -117,16 +136,16 @@ async def secondary_token(core: "Core", secondary_id: str, ttl: int, secondary_p
         bundle = await _bundle(core, rec, secondary_id, secondary_public_key)
     rec = rec.with_secondary(entry)
     await save_record(m._view(), rec)
-    m.dr = rec
+    m.set_record(kind, rec)
     token = ActivationToken(
-        secondary_id=secondary_id, mode="dr", secret=secret, primary_api_addr=core.settings.api_addr,
+        secondary_id=secondary_id, mode="dr" if kind == "dr" else "performance", secret=secret, primary_api_addr=core.settings.api_addr,
         primary_cluster_addrs=tuple(await _primary_addrs(core, rec)), ca_pem=rec.ca_cert_pem.encode(),
         expires_at=expires, bundle=bundle,
     ).encode()
-    log.info("replication_secondary_token_created", secondary_id=secondary_id, ttl=ttl)
+    log.info("replication_secondary_token_created", kind=kind, secondary_id=secondary_id, ttl=ttl)
     created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     return {"token": token, "accessor": "", "ttl": ttl, "creation_time": created,
-            "creation_path": "sys/replication/dr/primary/secondary-token", "wrapped_accessor": ""}
+            "creation_path": f"sys/replication/{kind}/primary/secondary-token", "wrapped_accessor": ""}
 
 
 async def _primary_addrs(core: "Core", rec: ReplicationRecord) -> list[str]:
@@ -162,217 +181,104 @@ async def activate(core: "Core", secondary_id: str, secret_b64: str, public_key:
     """The internal call a secondary makes with its one-time token: consume the token and
     return the activation bundle encrypted to the secondary's fresh ``public_key``."""
     m = await _active_manager(core)
-    rec = _primary(m)
-    entry = rec.secondary(secondary_id)
     try:
         secret = base64.b64decode(secret_b64, validate=True)
     except ValueError:
         raise PermissionDenied() from None
-    if entry is None or entry.revoked or entry.activated or not entry.secret_matches(secret):
-        raise PermissionDenied()
-    if time.time() > entry.expires_at:
-        raise InvalidRequest("activation token has expired")
-    bundle = await _bundle(core, rec, secondary_id, public_key)
-    rec = rec.with_secondary(replace(entry, activated=True))
-    await save_record(m._view(), rec)
-    m.dr = rec
-    log.info("replication_secondary_activating", secondary_id=secondary_id)
-    return {"bundle": base64.b64encode(bundle).decode()}
+    for kind, rec in list(m.records.items()):
+        entry = rec.secondary(secondary_id) if rec.mode == "primary" else None
+        if entry is None or entry.revoked or entry.activated or not entry.secret_matches(secret):
+            continue
+        if time.time() > entry.expires_at:
+            raise InvalidRequest("activation token has expired")
+        bundle = await _bundle(core, rec, secondary_id, public_key)
+        rec = rec.with_secondary(replace(entry, activated=True))
+        await save_record(m._view(), rec)
+        m.set_record(kind, rec)
+        log.info("replication_secondary_activating", kind=kind, secondary_id=secondary_id)
+        return {"bundle": base64.b64encode(bundle).decode()}
+    raise PermissionDenied()
 
 
-async def revoke_secondary(core: "Core", secondary_id: str) -> None:
+async def revoke_secondary(core: "Core", secondary_id: str, kind: str = "dr") -> None:
     """Revoke a secondary: its connections close and it can never reconnect."""
     m = await _active_manager(core)
-    rec = _primary(m)
-    if rec.secondary(secondary_id) is None:
+    rec = _primary(m, kind)
+    s = rec.secondary(secondary_id)
+    if s is None:
         raise InvalidRequest(f"no secondary with id {secondary_id!r}")
-    rec = m.revoked(secondary_id)
+    rec = rec.with_secondary(replace(s, revoked=True))
     await save_record(m._view(), rec)
-    m.dr = rec
+    m.set_record(kind, rec)
     if m.server is not None:
         m.server.disconnect(secondary_id)
-    log.info("replication_secondary_revoked", secondary_id=secondary_id)
+    log.info("replication_secondary_revoked", kind=kind, secondary_id=secondary_id)
 
 
-async def demote_primary(core: "Core") -> list[str]:
-    """Turn this DR primary into a DR secondary with no primary (it stops serving clients
-    and waits for ``update-primary``)."""
+async def demote_primary(core: "Core", kind: str = "dr") -> list[str]:
+    """Turn this primary into a secondary with no primary (a DR one stops serving clients;
+    both wait for ``update-primary``)."""
     m = await _active_manager(core)
-    rec = _primary(m)
-    demoted = ReplicationRecord(kind="dr", mode="secondary", cluster_id=rec.cluster_id, epoch=rec.epoch)
+    rec = _primary(m, kind)
+    demoted = ReplicationRecord(kind=kind, mode="secondary", cluster_id=rec.cluster_id, epoch=rec.epoch)
     await save_record(m._view(), demoted)
-    m.dr = demoted
-    await core.enter_dr_secondary()
+    m.set_record(kind, demoted)
+    if kind == "dr":
+        await core.enter_dr_secondary()
     m.poke()
-    log.info("replication_primary_demoted", epoch=rec.epoch)
-    return ["This cluster is being demoted to a DR secondary; it no longer serves clients."]
+    log.info("replication_primary_demoted", kind=kind, epoch=rec.epoch)
+    return [f"This cluster is being demoted to a {_NAMES[kind]} secondary."]
 
 
-async def disable_primary(core: "Core") -> list[str]:
-    """Stop being a DR primary; every secondary loses its stream."""
+async def disable_primary(core: "Core", kind: str = "dr") -> list[str]:
+    """Stop being a primary of ``kind``; its secondaries lose their stream."""
     m = await _active_manager(core)
-    _primary(m)
-    await delete_record(m._view(), "dr")
-    m.dr = None
+    rec = _primary(m, kind)
+    await delete_record(m._view(), kind)
+    m.set_record(kind, None)
+    if m.server is not None:
+        for s in rec.secondaries:
+            m.server.disconnect(s.id)
     m.poke()
-    log.info("replication_primary_disabled")
-    return ["This cluster is no longer a DR primary; its secondaries must be re-activated."]
+    log.info("replication_primary_disabled", kind=kind)
+    return [f"This cluster is no longer a {_NAMES[kind]} primary; its secondaries must be re-activated."]
 
 
-# ---- secondary side -----------------------------------------------------------------------
-
-
-async def _fetch_bundle(token: ActivationToken, api_addr: str, ca_file: str, public_key: str) -> bytes:
-    ssl_ctx: ssl.SSLContext | bool = True
-    if api_addr.startswith("https://") and ca_file:
-        ssl_ctx = ssl.create_default_context(cafile=ca_file)
-    url = api_addr.rstrip("/") + "/v1/sys/replication/internal/activate"
-    body = {"id": token.secondary_id, "secret": base64.b64encode(token.secret).decode(), "public_key": public_key}
-    try:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=ACTIVATE_TIMEOUT)) as s:
-            async with s.post(url, json=body, ssl=ssl_ctx) as r:
-                data = await r.json(content_type=None)
-                if r.status >= 400:
-                    errors = "; ".join(data.get("errors") or []) if isinstance(data, dict) else ""
-                    raise InvalidRequest(f"error activating with the primary: {r.status} {errors}".strip())
-    except (aiohttp.ClientError, TimeoutError, ValueError) as e:
-        raise InvalidRequest(f"error contacting the primary at {api_addr}: {type(e).__name__}") from None
-    try:
-        return base64.b64decode(data["data"]["bundle"] if "data" in data else data["bundle"])
-    except (KeyError, TypeError, ValueError):
-        raise InvalidRequest("the primary's activation answer is malformed") from None
-
-
-async def _own_items(core: "Core") -> list[tuple[str, bytes]]:
-    """This cluster's own entries (plaintext), to keep across the switch to the primary's keys."""
-    out: list[tuple[str, bytes]] = []
-    stack = [p for p in CLUSTER_OWN_PREFIXES if p.endswith("/")]
-    singles = [p for p in CLUSTER_OWN_PREFIXES if not p.endswith("/")]
-    for key in singles:
-        v = await core.barrier.get(key)
-        if v is not None:
-            out.append((key, v))
-    while stack:
-        prefix = stack.pop()
-        for child in await core.barrier.list(prefix):
-            if child.endswith("/"):
-                stack.append(prefix + child)
-                continue
-            if prefix + child == "core/replication/dr":
-                continue  # replaced by the new record
-            v = await core.barrier.get(prefix + child)
-            if v is not None:
-                out.append((prefix + child, v))
-    return out
-
-
-async def activate_secondary(core: "Core", token_str: str, primary_api_addr: str = "", ca_file: str = "",
-                             *, allow_secondary: bool = False) -> list[str]:
-    """Become a DR secondary of the primary that issued ``token_str``: fetch the activation
-    bundle, then let the client bulk-sync; this cluster's data is replaced by the primary's."""
+async def paths_filter(core: "Core", secondary_id: str, mode: str | None = None,
+                       paths: list[str] | None = None) -> dict[str, Any]:
+    """Read (``mode`` None) or set a performance secondary's mount paths filter."""
     m = await _active_manager(core)
-    if m.dr_primary:
-        raise InvalidRequest("this cluster is a DR primary; demote it first")
-    if m.dr_secondary and not allow_secondary:
-        raise InvalidRequest("this cluster is already a DR secondary; use update-primary")
-    try:
-        token = ActivationToken.decode(token_str, now=time.time())
-    except TokenError as e:
-        raise InvalidRequest(f"invalid activation token: {e}") from None
-    if token.mode != "dr":
-        raise InvalidRequest("the token is not a DR secondary activation token")
-    if token.bundle:
-        priv = m.bundle_private_key
-        if priv is None:
-            raise InvalidRequest("this token was issued for a public key; run generate-public-key on this cluster first")
-    else:
-        priv, pub = generate_bundle_keypair()
-        blob = await _fetch_bundle(token, primary_api_addr or token.primary_api_addr, ca_file, pub)
-    try:
-        plain = open_bundle(priv, token.bundle or blob, _context(token.secondary_id))
-        b: dict[str, Any] = msgpack.unpackb(plain, raw=False)
-        root_key = bytes(b["root_key"])
-        rec = ReplicationRecord(
-            kind="dr", mode="secondary", cluster_id=str(b["cluster_id"]), epoch=int(b["epoch"]),
-            ca_cert_pem=bytes(b["ca"]).decode(), secondary_id=token.secondary_id, cert_pem=bytes(b["cert"]).decode(),
-            key_pem=bytes(b["key"]).decode(), primary_api_addr=primary_api_addr or token.primary_api_addr,
-            primary_cluster_addrs=tuple(token.primary_cluster_addrs),
-            # update-primary keeps the DR operation token (it is revoked by delete or promote)
-            operation_token_sha256=m.dr.operation_token_sha256 if allow_secondary and m.dr is not None else "",
-        )
-    except (BundleError, KeyError, TypeError, ValueError) as e:
-        raise InvalidRequest(f"invalid activation bundle: {type(e).__name__}") from None
-    own = await _own_items(core)
-    import asyncio
-
-    m.pending = PendingActivation(rec, root_key, own, asyncio.Event())
-    await core.enter_dr_secondary()
-    m.poke()
-    log.info("replication_secondary_enabling", secondary_id=token.secondary_id)
-    return [ENABLE_WARNING.format(role="secondary")]
-
-
-async def generate_public_key(core: "Core") -> str:
-    """A fresh key pair for a public-key activation; returns the public half."""
-    m = await _active_manager(core)
-    priv, pub = generate_bundle_keypair()
-    m.bundle_private_key = priv
-    return pub
-
-
-async def check_operation_token(core: "Core", token: str) -> None:
-    """PermissionDenied unless ``token`` is this DR secondary's current operation token."""
-    m = core.replication
-    if not token or not m.operation_token_valid(token):
-        raise PermissionDenied()
-
-
-async def promote(core: "Core", op_token: str, primary_cluster_addr: str = "") -> list[str]:
-    """Promote this DR secondary to a DR primary (new lineage, higher epoch)."""
-    _require_raft(core)
-    m = await _active_manager(core)
-    if not m.dr_secondary or m.pending is not None:
-        raise InvalidRequest("this cluster is not a DR secondary")
-    await check_operation_token(core, op_token)
-    assert m.dr is not None
-    seen = m.client.status().primary_epoch if m.client is not None else 0
-    await m._stop_client()
-    ca = ClusterCA.create("vaultraft-replication-" + m.dr.cluster_id)
-    rec = ReplicationRecord(kind="dr", mode="primary", cluster_id=m.dr.cluster_id, lineage=str(uuid.uuid4()),
-                            epoch=max(m.dr.epoch, seen) + 1, primary_cluster_addr=primary_cluster_addr,
-                            ca_cert_pem=ca.cert_pem.decode(), ca_key_pem=ca.key_pem.decode())
+    rec = _primary(m, "performance")
+    s = rec.secondary(secondary_id)
+    if s is None:
+        raise InvalidRequest(f"no performance secondary with id {secondary_id!r}")
+    if mode is None:
+        if not s.filter_mode:
+            raise NotFound()
+        return {"mode": s.filter_mode, "paths": list(s.filter_paths)}
+    if mode not in ("allow", "deny"):
+        raise InvalidRequest("mode must be \"allow\" or \"deny\"")
+    norm = tuple(sorted({p.strip("/") + "/" for p in (paths or []) if p.strip("/")}))
+    rec = rec.with_secondary(replace(s, filter_mode=mode, filter_paths=norm))
     await save_record(m._view(), rec)
-    m.dr = rec
-    m.forget_operation_token()
-    await core.leave_dr_secondary()
-    m.poke()
-    log.info("replication_secondary_promoted", epoch=rec.epoch)
-    return ["This cluster is being promoted to a DR primary."]
+    m.set_record("performance", rec)
+    if m.server is not None:
+        m.server.disconnect(secondary_id)  # it reconnects and resyncs under the new filter
+    return {"mode": mode, "paths": list(norm)}
 
 
-async def update_primary(core: "Core", op_token: str, token_str: str, primary_api_addr: str = "",
-                         ca_file: str = "") -> list[str]:
-    """Point this DR secondary at a (new) primary with a fresh activation token."""
+async def delete_paths_filter(core: "Core", secondary_id: str) -> None:
+    """Remove a performance secondary's paths filter."""
     m = await _active_manager(core)
-    if not m.dr_secondary:
-        raise InvalidRequest("this cluster is not a DR secondary")
-    await check_operation_token(core, op_token)
-    await m._stop_client()
-    return await activate_secondary(core, token_str, primary_api_addr, ca_file, allow_secondary=True)
-
-
-async def disable_secondary(core: "Core", op_token: str) -> list[str]:
-    """Stop being a DR secondary: the cluster keeps its data and serves as a standalone one."""
-    m = await _active_manager(core)
-    if not m.dr_secondary or m.pending is not None:
-        raise InvalidRequest("this cluster is not a DR secondary")
-    await check_operation_token(core, op_token)
-    await m._stop_client()
-    await delete_record(m._view(), "dr")
-    m.dr = None
-    m.forget_operation_token()
-    await core.leave_dr_secondary()
-    return ["This cluster is no longer a DR secondary."]
+    rec = _primary(m, "performance")
+    s = rec.secondary(secondary_id)
+    if s is None:
+        raise InvalidRequest(f"no performance secondary with id {secondary_id!r}")
+    rec = rec.with_secondary(replace(s, filter_mode="", filter_paths=()))
+    await save_record(m._view(), rec)
+    m.set_record("performance", rec)
+    if m.server is not None:
+        m.server.disconnect(secondary_id)
 
 
 async def merkle_check(core: "Core") -> dict[str, Any]:

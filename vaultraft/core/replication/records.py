@@ -31,6 +31,8 @@ class SecondaryEntry:
     revoked: bool = False
     api_address: str = ""
     cluster_address: str = ""
+    filter_mode: str = ""  # performance secondaries: "allow" | "deny" | "" (no filter)
+    filter_paths: tuple[str, ...] = ()
 
     def secret_matches(self, secret: bytes) -> bool:
         """Constant-time check of an activation secret."""
@@ -83,7 +85,8 @@ class ReplicationRecord:
     def decode(raw: bytes) -> "ReplicationRecord":
         """Parse :meth:`encode` output."""
         d: dict[str, Any] = json.loads(raw)
-        d["secondaries"] = tuple(SecondaryEntry(**s) for s in d.get("secondaries", ()))
+        d["secondaries"] = tuple(SecondaryEntry(**{**s, "filter_paths": tuple(s.get("filter_paths", ()))})
+                                 for s in d.get("secondaries", ()))
         d["primary_cluster_addrs"] = tuple(d.get("primary_cluster_addrs", ()))
         return ReplicationRecord(**d)
 

@@ -1,0 +1,346 @@
+"""A secondary's operations: activation (enable, update-primary), promotion, disable, the DR
+operation token check, and a performance secondary's forwarding of writes to its primary.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import ssl
+import time
+import uuid
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+import msgpack
+import structlog
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from vaultraft.core.replication.manager import PendingActivation, ReplicationManager
+from vaultraft.core.replication.ops import ENABLE_WARNING, _active_manager, _context, _kind, _require_raft
+from vaultraft.core.replication.records import ReplicationRecord, delete_record, save_record
+from vaultraft.logical import InvalidRequest, PermissionDenied, Request, Response, Unavailable
+from vaultraft.raft.tls import ClusterCA
+from vaultraft.replication.activation import (
+    ActivationToken,
+    BundleError,
+    TokenError,
+    generate_bundle_keypair,
+    open_bundle,
+)
+from vaultraft.storage.wal import CLUSTER_OWN_PREFIXES
+
+if TYPE_CHECKING:
+    from vaultraft.core.core import Core
+
+log = structlog.get_logger("vaultraft.replication")
+
+ACTIVATE_TIMEOUT = 15.0
+FORWARD_TIMEOUT = 30.0
+FORWARD_MAX_SKEW = 60.0
+#: How long a forwarded write waits for its own change to arrive on this secondary.
+FORWARD_INDEX_WAIT = 5.0
+
+
+async def _post_json(url: str, body: dict[str, Any], ca_file: str, timeout: float) -> tuple[int, Any]:
+    ssl_ctx: ssl.SSLContext | bool = True
+    if url.startswith("https://") and ca_file:
+        ssl_ctx = ssl.create_default_context(cafile=ca_file)
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as s:
+        async with s.post(url, json=body, ssl=ssl_ctx) as r:
+            return r.status, await r.json(content_type=None)
+
+
+async def _fetch_bundle(token: ActivationToken, api_addr: str, ca_file: str, public_key: str) -> bytes:
+    url = api_addr.rstrip("/") + "/v1/sys/replication/internal/activate"
+    body = {"id": token.secondary_id, "secret": base64.b64encode(token.secret).decode(), "public_key": public_key}
+    try:
+        status, data = await _post_json(url, body, ca_file, ACTIVATE_TIMEOUT)
+    except (aiohttp.ClientError, TimeoutError, ValueError) as e:
+        raise InvalidRequest(f"error contacting the primary at {api_addr}: {type(e).__name__}") from None
+    if status >= 400:
+        errors = "; ".join(data.get("errors") or []) if isinstance(data, dict) else ""
+        raise InvalidRequest(f"error activating with the primary: {status} {errors}".strip())
+    try:
+        return base64.b64decode(data["data"]["bundle"] if "data" in data else data["bundle"])
+    except (KeyError, TypeError, ValueError):
+        raise InvalidRequest("the primary's activation answer is malformed") from None
+
+
+async def _own_items(core: "Core") -> list[tuple[str, bytes]]:
+    """This cluster's own entries (plaintext), to keep across the switch to the primary's keys."""
+    out: list[tuple[str, bytes]] = []
+    stack = [p for p in CLUSTER_OWN_PREFIXES if p.endswith("/")]
+    for key in (p for p in CLUSTER_OWN_PREFIXES if not p.endswith("/")):
+        v = await core.barrier.get(key)
+        if v is not None:
+            out.append((key, v))
+    while stack:
+        prefix = stack.pop()
+        for child in await core.barrier.list(prefix):
+            if child.endswith("/"):
+                stack.append(prefix + child)
+                continue
+            if prefix.startswith("core/replication/"):
+                continue  # replaced by the new record
+            v = await core.barrier.get(prefix + child)
+            if v is not None:
+                out.append((prefix + child, v))
+    return out
+
+
+async def activate_secondary(core: "Core", token_str: str, primary_api_addr: str = "", ca_file: str = "",
+                             *, kind: str = "dr", updating: bool = False) -> list[str]:
+    """Become a secondary of ``kind`` of the primary that issued ``token_str``: fetch the
+    activation bundle, then let the client bulk-sync; this cluster's data is replaced by the
+    primary's (a performance secondary's local state too, on this first sync)."""
+    m = await _active_manager(core)
+    _kind(kind)
+    if m.primary_record() is not None:
+        raise InvalidRequest("this cluster is a replication primary; demote or disable it first")
+    current = m.records.get(kind)
+    if m.secondary_record() is not None and not updating:
+        raise InvalidRequest("this cluster is already a replication secondary; use update-primary")
+    try:
+        token = ActivationToken.decode(token_str, now=time.time())
+    except TokenError as e:
+        raise InvalidRequest(f"invalid activation token: {e}") from None
+    if token.mode != kind:
+        raise InvalidRequest(f"the token is not a {kind} secondary activation token")
+    if token.bundle:
+        priv = m.bundle_private_key
+        if priv is None:
+            raise InvalidRequest("this token was issued for a public key; run generate-public-key on this cluster first")
+        blob = token.bundle
+    else:
+        priv, pub = generate_bundle_keypair()
+        blob = await _fetch_bundle(token, primary_api_addr or token.primary_api_addr, ca_file, pub)
+    try:
+        b: dict[str, Any] = msgpack.unpackb(open_bundle(priv, blob, _context(token.secondary_id)), raw=False)
+        root_key = bytes(b["root_key"])
+        rec = ReplicationRecord(
+            kind=kind, mode="secondary", cluster_id=str(b["cluster_id"]), epoch=int(b["epoch"]),
+            ca_cert_pem=bytes(b["ca"]).decode(), secondary_id=token.secondary_id, cert_pem=bytes(b["cert"]).decode(),
+            key_pem=bytes(b["key"]).decode(), primary_api_addr=primary_api_addr or token.primary_api_addr,
+            primary_cluster_addrs=tuple(token.primary_cluster_addrs),
+            # update-primary keeps the DR operation token (it is revoked by delete or promote)
+            operation_token_sha256=current.operation_token_sha256 if updating and current is not None else "",
+        )
+    except (BundleError, KeyError, TypeError, ValueError) as e:
+        raise InvalidRequest(f"invalid activation bundle: {type(e).__name__}") from None
+    own = await _own_items(core)
+    await m._stop_client()
+    m.pending = PendingActivation(rec, root_key, own, asyncio.Event())
+    m.set_record(kind, m.records.get(kind))  # refresh the read-only flag for the pending role
+    await core.enter_dr_secondary()
+    m.poke()
+    log.info("replication_secondary_enabling", kind=kind, secondary_id=token.secondary_id)
+    return [ENABLE_WARNING.format(role="secondary")]
+
+
+async def generate_public_key(core: "Core") -> str:
+    """A fresh key pair for a public-key activation; returns the public half."""
+    m = await _active_manager(core)
+    priv, pub = generate_bundle_keypair()
+    m.bundle_private_key = priv
+    return pub
+
+
+async def check_operation_token(core: "Core", token: str) -> None:
+    """PermissionDenied unless ``token`` is this DR secondary's current operation token."""
+    if not token or not core.replication.operation_token_valid(token):
+        raise PermissionDenied()
+
+
+def _secondary(m: ReplicationManager, kind: str) -> ReplicationRecord:
+    rec = m.records.get(kind)
+    if rec is None or rec.mode != "secondary" or m.pending is not None:
+        raise InvalidRequest(f"this cluster is not a {'DR' if kind == 'dr' else 'performance'} secondary")
+    return rec
+
+
+async def promote(core: "Core", op_token: str | None, primary_cluster_addr: str = "", kind: str = "dr") -> list[str]:
+    """Promote this secondary to a primary of ``kind`` (new lineage, higher epoch). A DR
+    secondary needs its operation token; a performance one an authorized caller."""
+    _require_raft(core)
+    m = await _active_manager(core)
+    cur = _secondary(m, kind)
+    if kind == "dr":
+        await check_operation_token(core, op_token or "")
+    seen = m.client.status().primary_epoch if m.client is not None else 0
+    await m._stop_client()
+    ca = ClusterCA.create("vaultraft-replication-" + cur.cluster_id)
+    rec = ReplicationRecord(kind=kind, mode="primary", cluster_id=cur.cluster_id, lineage=str(uuid.uuid4()),
+                            epoch=max(cur.epoch, seen) + 1, primary_cluster_addr=primary_cluster_addr,
+                            ca_cert_pem=ca.cert_pem.decode(), ca_key_pem=ca.key_pem.decode())
+    await save_record(m._view(), rec)
+    m.set_record(kind, rec)
+    await core.leave_dr_secondary()
+    m.poke()
+    log.info("replication_secondary_promoted", kind=kind, epoch=rec.epoch)
+    return [f"This cluster is being promoted to a {'DR' if kind == 'dr' else 'performance'} primary."]
+
+
+async def update_primary(core: "Core", op_token: str | None, token_str: str, primary_api_addr: str = "",
+                         ca_file: str = "", kind: str = "dr") -> list[str]:
+    """Point this secondary at a (new) primary with a fresh activation token."""
+    m = await _active_manager(core)
+    _secondary(m, kind)
+    if kind == "dr":
+        await check_operation_token(core, op_token or "")
+    return await activate_secondary(core, token_str, primary_api_addr, ca_file, kind=kind, updating=True)
+
+
+async def disable_secondary(core: "Core", op_token: str | None, kind: str = "dr") -> list[str]:
+    """Stop being a secondary: the cluster keeps its data and serves as a standalone one."""
+    m = await _active_manager(core)
+    _secondary(m, kind)
+    if kind == "dr":
+        await check_operation_token(core, op_token or "")
+    await m._stop_client()
+    await delete_record(m._view(), kind)
+    m.set_record(kind, None)
+    m.forget_operation_token()
+    await core.leave_dr_secondary()
+    return [f"This cluster is no longer a {'DR' if kind == 'dr' else 'performance'} secondary."]
+
+
+# ---- performance secondaries forward writes of replicated state ---------------------------
+
+
+def _canonical(payload: dict[str, Any]) -> bytes:
+    return json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
+
+
+async def forward_to_primary(core: "Core", req: Request) -> Response | None:
+    """Run ``req`` on the primary (it writes replicated state) as the caller this secondary
+    authenticated, signed with this secondary's replication key; then wait until the change
+    has arrived here, so the caller reads its own write from this cluster."""
+    m = core.replication
+    rec = m.perf
+    if rec is None or rec.mode != "secondary" or not rec.secondary_id:
+        raise Unavailable("this performance secondary has no primary to forward the write to")
+    entry = await core.unsealed.tokens.lookup(req.client_token) if req.client_token else None
+    if entry is None:
+        raise PermissionDenied()
+    payload = {
+        "v": 1, "issued_at": time.time(), "nonce": os.urandom(16).hex(), "secondary_id": rec.secondary_id,
+        "operation": req.operation.value, "path": req.path, "data": req.data,
+        "headers": {k: v for k, v in req.headers.items() if k in ("x-vault-wrap-ttl",)},
+        "policies": list(entry.policies), "display_name": entry.display_name, "entity_id": entry.entity_id,
+        "meta": dict(entry.meta), "accessor": entry.accessor,
+    }
+    raw = _canonical(payload)
+    key = serialization.load_pem_private_key(rec.key_pem.encode(), password=None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    sig = key.sign(raw, ec.ECDSA(hashes.SHA256()))
+    body = {"payload": base64.b64encode(raw).decode(), "signature": base64.b64encode(sig).decode(),
+            "cert": rec.cert_pem}
+    url = rec.primary_api_addr.rstrip("/") + "/v1/sys/replication/internal/forward"
+    try:
+        status, data = await _post_json(url, body, "", FORWARD_TIMEOUT)
+    except (aiohttp.ClientError, TimeoutError, ValueError) as e:
+        raise Unavailable(f"cannot reach the primary to forward this write: {type(e).__name__}") from None
+    if status >= 400 and isinstance(data, dict) and "errors" in data and "forwarded" not in data:
+        return Response(raw_body=data, status=status)
+    if not isinstance(data, dict) or "forwarded" not in data:
+        raise Unavailable("the primary's answer to a forwarded write is malformed")
+    fwd = data["forwarded"]
+    index = int(fwd.get("wal_index") or 0)
+    raft = core.cluster.raft
+    if raft is not None and index:
+        end = time.monotonic() + FORWARD_INDEX_WAIT
+        while raft.store.replica_state().remote_index < index and time.monotonic() < end:
+            await raft.wait_for_index(raft.store.applied_index(), 0.2)
+    code = int(fwd.get("status") or 200)
+    if code == 204:
+        return None
+    return Response(raw_body=fwd.get("body"), status=code)
+
+
+_seen_nonces: dict[str, float] = {}
+
+
+async def verify_forwarded(core: "Core", body: dict[str, Any]) -> tuple[Request, Any]:
+    """The primary's side: verify a performance secondary's signed request (certificate from
+    this primary's replication CA naming an active performance secondary, ECDSA signature,
+    freshness, single use) and return it with the caller the secondary authenticated."""
+    from vaultraft.core.tokens import TokenEntry
+    from vaultraft.logical import Operation
+
+    m = await _active_manager(core)
+    rec = m.perf
+    if rec is None or rec.mode != "primary":
+        raise PermissionDenied()
+    try:
+        raw = base64.b64decode(str(body["payload"]), validate=True)
+        sig = base64.b64decode(str(body["signature"]), validate=True)
+        cert = x509.load_pem_x509_certificate(str(body["cert"]).encode())
+        ca = x509.load_pem_x509_certificate(rec.ca_cert_pem.encode())
+        ca_key = ca.public_key()
+        hash_alg = cert.signature_hash_algorithm
+        if not isinstance(ca_key, ec.EllipticCurvePublicKey) or hash_alg is None:
+            raise ValueError("unexpected key type")
+        ca_key.verify(cert.signature, cert.tbs_certificate_bytes, ec.ECDSA(hash_alg))
+        pub = cert.public_key()
+        if not isinstance(pub, ec.EllipticCurvePublicKey):
+            raise ValueError("unexpected key type")
+        pub.verify(sig, raw, ec.ECDSA(hashes.SHA256()))
+        payload: dict[str, Any] = json.loads(raw)
+        operation = Operation(str(payload["operation"]))
+    except (KeyError, ValueError, TypeError, InvalidSignature):
+        raise PermissionDenied() from None
+    cn = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+    sid = str(payload.get("secondary_id", ""))
+    entry_rec = rec.secondary(sid)
+    if (not cn or cn[0].value != sid or entry_rec is None or entry_rec.revoked or not entry_rec.activated
+            or entry_rec.mode != "performance"):
+        raise PermissionDenied()
+    now = time.time()
+    nonce = str(payload.get("nonce", ""))
+    if abs(now - float(payload.get("issued_at", 0))) > FORWARD_MAX_SKEW or not nonce or nonce in _seen_nonces:
+        raise PermissionDenied()
+    _seen_nonces[nonce] = now
+    for n, t in list(_seen_nonces.items()):
+        if now - t > 2 * FORWARD_MAX_SKEW:
+            del _seen_nonces[n]
+    caller = TokenEntry(id="", accessor=str(payload.get("accessor", "")),
+                        policies=tuple(str(p) for p in payload.get("policies", [])),
+                        display_name=str(payload.get("display_name", "")), entity_id=str(payload.get("entity_id", "")),
+                        meta={str(k): str(v) for k, v in dict(payload.get("meta") or {}).items()})
+    req = Request(operation=operation, path=str(payload["path"]), data=dict(payload.get("data") or {}),
+                  client_token="", request_id=str(uuid.uuid4()), remote_addr=f"performance-secondary:{sid}",
+                  headers=dict(payload.get("headers") or {}))
+    log.info("replication_forwarded_request", secondary_id=sid)
+    return req, caller
+
+
+async def run_forwarded(core: "Core", req: Request, caller: Any) -> Response | None:
+    """Run a verified forwarded request through the pipeline as ``caller``."""
+    from vaultraft.core.pipeline import handle_request
+
+    return await handle_request(core, req, forwarded=caller)
+
+
+def forwarded_answer(core: "Core", status: int, body: Any) -> dict[str, Any]:
+    """What the primary returns to the secondary: status, body and the WAL index to await."""
+    return {"forwarded": {"status": status, "body": body, "wal_index": _wal_last(core)}}
+
+
+def _wal_last(core: "Core") -> int:
+    raft = core.cluster.raft
+    return raft.store.wal_last() if raft is not None else 0
+
+
+def envelope(resp: Response, req: Request) -> Any:
+    """Vault's response envelope for a forwarded request's answer."""
+    if resp.raw_body is not None:
+        return resp.raw_body
+    return {"request_id": req.request_id, "lease_id": resp.lease_id, "renewable": resp.renewable,
+            "lease_duration": resp.lease_duration, "data": resp.data, "wrap_info": None,
+            "warnings": resp.warnings or None, "auth": resp.auth.to_json() if resp.auth else None}

@@ -43,7 +43,8 @@ def usage(table: Registry, prefix: tuple[str, ...] = ()) -> str:
     """Help for the top level or for a command group."""
     if not prefix:
         head = "Usage: vaultraft <command> [args]\n\nCommands:\n"
-        return head + "\n".join(["    server    Start a vaultraft server", *_listing(table, prefix)])
+        return head + "\n".join(["    server    Start a vaultraft server", "    witness   Run a DR fencing witness",
+                                  *_listing(table, prefix)])
     words = " ".join(prefix)
     return f"Usage: vaultraft {words} <subcommand> [options] [args]\n\nSubcommands:\n" + "\n".join(_listing(table, prefix))
 
@@ -77,6 +78,10 @@ def run(argv: Sequence[str], ctx: Context) -> int:
         from vaultraft.server import run_server_cli
 
         return int(run_server_cli(list(argv[1:])))
+    if argv[0] == "witness":
+        from vaultraft.replication.witness_cli import run_witness_cli
+
+        return run_witness_cli(list(argv[1:]))
     words = tuple(argv)
     for n in range(len(words), 0, -1):
         if words[:n] in table:

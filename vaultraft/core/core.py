@@ -307,15 +307,22 @@ class Core:
                 info = await self.leader_info()
                 raise NotLeader(info.api_addr if info else None) from None
         if req.operation in _LOCAL_OPS:
+            if "x-vault-index" in req.headers:  # an index from a standby or a forwarded write
+                await self._wait_for_index(req)
             await self.cluster.read_barrier()
+        fenced = req.operation not in _LOCAL_OPS and not req.path.startswith("sys/replication/")
+        if fenced:
+            self.replication.fencing.check_writes()
         try:
             resp = await handle_request(self, req)
         except ReplicatedReadOnly:
             # a performance secondary: the request writes replicated state, which only the
             # primary may do; it runs there under the caller's identity as checked here
             return await self.replication.forward_to_primary(req)
-        if self.settings.dr_sync and req.operation not in _LOCAL_OPS and not req.path.startswith("sys/replication/"):
+        if self.settings.dr_sync and fenced:
             await self.replication.wait_if_sync(self.settings.dr_sync_timeout)
+        if fenced:
+            self.replication.fencing.check_writes()  # never acknowledge once the lease may have ended
         return resp
 
     async def _wait_for_index(self, req: Request) -> None:

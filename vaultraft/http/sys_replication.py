@@ -81,8 +81,8 @@ async def forward(core: Core, method: str, body: dict[str, Any]) -> tuple[int, A
 async def promote(core: Core, method: str, body: dict[str, Any]) -> tuple[int, Any]:
     """``dr/secondary/promote`` (dr_operation_token, primary_cluster_addr, force)."""
     _post(method)
-    _bool(body, "force")
-    return 200, _warnings(await secondary_ops.promote(core, _str(body, "dr_operation_token"), _str(body, "primary_cluster_addr")))
+    return 200, _warnings(await secondary_ops.promote(core, _str(body, "dr_operation_token"),
+                                                      _str(body, "primary_cluster_addr"), force=_bool(body, "force")))
 
 
 async def update_primary(core: Core, method: str, body: dict[str, Any]) -> tuple[int, Any]:

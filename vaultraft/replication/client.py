@@ -24,6 +24,7 @@ from typing import Literal
 import structlog
 
 from vaultraft.raft.tls import NodeCert, client_context, peer_node_id
+from vaultraft.replication.fence import LeaseGrant, LeaseVoter
 from vaultraft.replication.interfaces import Mode, ReplicaSink
 from vaultraft.replication.wire import (
     DEFAULT_MAX_FRAME_BYTES,
@@ -36,6 +37,8 @@ from vaultraft.replication.wire import (
     Error,
     Heartbeat,
     Hello,
+    LeaseReply,
+    LeaseRequest,
     Message,
     Redirect,
     ThrottledLog,
@@ -129,13 +132,20 @@ class ReplicationClient:
 
     def __init__(self, sink: ReplicaSink, cert: NodeCert, addrs: Sequence[str], mode: Mode, *,
                  secondary_id: str, config: ClientConfig | None = None,
-                 accept_server_id: Callable[[str], bool] | None = None) -> None:
+                 accept_server_id: Callable[[str], bool] | None = None,
+                 voter: LeaseVoter | None = None) -> None:
         """``cert`` is this secondary's certificate from the primary's replication CA; its
         CN must be ``secondary_id``. ``addrs`` are the primary's replication addresses.
         ``accept_server_id`` vets the server certificate's CN (default: anything but our own
-        id; pass a stricter predicate when primary node ids are recognizable)."""
+        id; pass a stricter predicate when primary node ids are recognizable). ``voter``
+        (DR mode only) answers the primary's fencing lease requests; it must be the same
+        voter this secondary uses for its own promotion. Without one, every request is
+        refused."""
         if cert.node_id != secondary_id:
             raise ValueError("the certificate was not issued for this secondary id")
+        if voter is not None and mode != "dr":
+            raise ValueError("only a DR secondary votes on the primary's lease")
+        self._voter = voter
         self._sink = sink
         self._cert = cert
         self._addrs = _check_addrs(addrs)
@@ -335,6 +345,14 @@ class ReplicationClient:
             await self._write(sess, Ack(sess.last))
         elif isinstance(msg, DigestReply):
             await self._digest_reply(msg)
+        elif isinstance(msg, LeaseRequest):
+            grant = (self._voter.renew(msg.holder, msg.epoch, msg.duration) if self._voter is not None
+                     else LeaseGrant(False, 0, "", "no_voter"))
+            if not grant.granted:
+                _throttled("info", "replication_lease_refused", holder=msg.holder[:64], epoch=msg.epoch,
+                           reason=grant.reason)
+            await self._write(sess, LeaseReply(msg.request_id, grant.granted, grant.epoch, grant.holder,
+                                               grant.reason))
         else:
             raise WireError(f"unexpected {msg.TYPE} message from the primary")
 

@@ -12,14 +12,17 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import itertools
 import ssl
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
 
 from vaultraft.raft.tls import NodeCert, PKIError, peer_node_id, server_context
+from vaultraft.replication.fence import LeaseGrant, valid_duration, valid_epoch, valid_name
 from vaultraft.replication.interfaces import Mode, WalSource
 from vaultraft.replication.registry import (
     PrimaryState,
@@ -37,6 +40,8 @@ from vaultraft.replication.wire import (
     Error,
     Heartbeat,
     Hello,
+    LeaseReply,
+    LeaseRequest,
     Message,
     PeerClosed,
     Redirect,
@@ -60,6 +65,7 @@ _throttled = ThrottledLog()
 _CLIENT_FRAME_LIMIT = 64 << 10
 _OFFLOAD_FILTER_BYTES = 256 << 10
 _CLOSE_GRACE = 1.0
+_MAX_PENDING_LEASES = 8
 
 
 @dataclass(frozen=True)
@@ -110,6 +116,8 @@ class _Conn:
     last_check: float = field(default_factory=time.monotonic)
     digests: collections.deque[int] = field(default_factory=collections.deque)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
+    streaming: bool = False  # Welcome sent: lease requests may follow
+    leases: dict[int, asyncio.Future[LeaseReply | None]] = field(default_factory=dict)
 
 
 class ReplicationServer:
@@ -129,6 +137,7 @@ class ReplicationServer:
         self._server: asyncio.Server | None = None
         self._conns: set[_Conn] = set()
         self._closing = False
+        self._lease_ids = itertools.count(1)
 
     @property
     def bound_address(self) -> str:
@@ -183,6 +192,35 @@ class ReplicationServer:
         """Open connections, handshaking ones included."""
         return len(self._conns)
 
+    async def request_lease(self, holder: str, epoch: int, duration: float, timeout: float, *,
+                            secondary_ids: Collection[str] | None = None) -> list[LeaseGrant]:
+        """Ask every welcomed DR connection (only those of ``secondary_ids`` if given) to renew
+        ``holder``'s fencing lease; return one grant per reply received within ``timeout``
+        (a missing reply is no vote). ValueError for a malformed request."""
+        if not (valid_name(holder) and valid_epoch(epoch) and valid_duration(duration)):
+            raise ValueError("invalid lease request")
+        conns = [c for c in self._conns if c.streaming and c.mode == "dr"
+                 and (secondary_ids is None or c.secondary_id in secondary_ids)
+                 and len(c.leases) < _MAX_PENDING_LEASES]
+        replies = await asyncio.gather(*(self._ask_lease(c, holder, epoch, duration, timeout) for c in conns))
+        return [LeaseGrant(r.granted, r.epoch, r.holder, r.reason) for r in replies if r is not None]
+
+    async def _ask_lease(self, conn: _Conn, holder: str, epoch: int, duration: float,
+                         timeout: float) -> LeaseReply | None:
+        request_id = next(self._lease_ids)
+        fut: asyncio.Future[LeaseReply | None] = asyncio.get_running_loop().create_future()
+        conn.leases[request_id] = fut
+        try:
+            async with asyncio.timeout(timeout):
+                # The frame goes out whole at write(); it may share drain() with the send loop.
+                await write_message(conn.writer, LeaseRequest(request_id, holder, epoch, duration),
+                                    self._cfg.max_frame_bytes)
+                return await fut
+        except (OSError, TimeoutError, WireError):
+            return None
+        finally:
+            conn.leases.pop(request_id, None)
+
     # -- accept and handshake ----------------------------------------------------------------
 
     async def _on_accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -206,6 +244,9 @@ class ReplicationServer:
         finally:
             self._conns.discard(conn)
             _abort(writer)
+            for fut in conn.leases.values():
+                if not fut.done():
+                    fut.set_result(None)
             if conn.secondary_id:
                 log.info("replication_secondary_disconnected", secondary_id=conn.secondary_id, peer=peer)
                 self._contact(conn, connected=False)
@@ -312,6 +353,10 @@ class ReplicationServer:
                     raise WireError("too many pending digest requests")
                 conn.digests.append(msg.request_id)
                 conn.wake.set()
+            elif isinstance(msg, LeaseReply):
+                fut = conn.leases.get(msg.request_id)
+                if fut is not None and not fut.done():  # else: a late reply, already given up
+                    fut.set_result(msg)
             elif isinstance(msg, Error):
                 raise _Close(f"secondary_error:{msg.code[:64]}")
             else:
@@ -324,6 +369,7 @@ class ReplicationServer:
         stream = (hello.lineage == conn.lineage and hello.complete and r <= applied
                   and (first - 1 <= r or r == applied))
         await self._send(conn, Welcome(conn.lineage, conn.epoch, not stream))
+        conn.streaming = True
         pos = r if stream else await self._bulk_sync(conn)
         conn.sent_index = pos
         while True:

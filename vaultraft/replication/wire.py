@@ -233,6 +233,29 @@ class DigestReply(Message):
     root: str
 
 
+@dataclass(frozen=True)
+class LeaseRequest(Message):
+    """Primary → DR secondary: renew ``holder``'s fencing lease at ``epoch`` (see fence.py)."""
+
+    TYPE: ClassVar[str] = "lease_request"
+    request_id: int
+    holder: str
+    epoch: int
+    duration: float
+
+
+@dataclass(frozen=True)
+class LeaseReply(Message):
+    """DR secondary → primary: its voter's answer to the LeaseRequest ``request_id``."""
+
+    TYPE: ClassVar[str] = "lease_reply"
+    request_id: int
+    granted: bool
+    epoch: int
+    holder: str
+    reason: str
+
+
 # -- validation --------------------------------------------------------------------------------
 
 def _int(v: Any) -> int:
@@ -263,6 +286,12 @@ def _text(v: Any) -> str:
     if type(v) is not str or len(v) > _MAX_TEXT:
         raise WireError("expected a string")
     return v
+
+
+def _duration(v: Any) -> float:
+    if type(v) not in (int, float) or not 0 < v <= 86400:  # NaN fails the comparison
+        raise WireError("expected a duration")
+    return float(v)
 
 
 def _mode(v: Any) -> str:
@@ -332,6 +361,10 @@ _SPECS: dict[str, tuple[type[Message], dict[str, Callable[[Any], Any]]]] = {
     Ack.TYPE: (Ack, {"remote_index": _int}),
     DigestRequest.TYPE: (DigestRequest, {"request_id": _int}),
     DigestReply.TYPE: (DigestReply, {"request_id": _int, "index": _int, "root": _hex}),
+    LeaseRequest.TYPE: (LeaseRequest, {"request_id": _int, "holder": _nonempty_str, "epoch": _int,
+                                       "duration": _duration}),
+    LeaseReply.TYPE: (LeaseReply, {"request_id": _int, "granted": _bool, "epoch": _int, "holder": _short_str,
+                                   "reason": _short_str}),
 }
 
 

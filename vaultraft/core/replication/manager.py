@@ -123,6 +123,9 @@ class ReplicationManager:
         self._client_key: tuple[str, tuple[str, ...]] | None = None
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
+        from vaultraft.core.replication.fencing import Fencing
+
+        self.fencing = Fencing(self)
         self._durable = asyncio.Event()  # set (and replaced) whenever a secondary acknowledges
         self.bundle_private_key: bytes | None = None  # from generate-public-key
         self._operation_ops: KeyOps | None = None
@@ -294,6 +297,7 @@ class ReplicationManager:
                 await task
             except asyncio.CancelledError:
                 pass
+        await self.fencing.close()
         await self._stop_client()
         await self._stop_server()
         if self.pending is not None:
@@ -334,11 +338,28 @@ class ReplicationManager:
             await self._ensure_server(rec)
         else:
             await self._stop_server()
+        dr = self.dr
+        if dr is not None and dr.mode == "primary":
+            await self.fencing.ensure_holder(dr)
+            fenced = self.fencing.fenced_epoch()
+            if fenced is not None and self.core.active:
+                await self._step_down_fenced(fenced)
+        else:
+            await self.fencing.stop_holder()
         target = self.secondary_record()
         if (target is not None and target.secondary_id and self.core.active):
             await self._ensure_client(target)
+            if target.kind == "dr" and self.pending is None:
+                await self.fencing.maybe_promote(target)
         else:
             await self._stop_client()
+
+    async def _step_down_fenced(self, epoch: int) -> None:
+        """A voter has seen a newer primary: demote this cluster (it refuses writes already)."""
+        from vaultraft.core.replication.ops import demote_primary
+
+        log.warning("replication_fenced_demoting", newer_epoch=epoch)
+        await demote_primary(self.core, "dr")
 
     async def _refresh_active_addr(self) -> None:
         info = await self.core.leader_info()
@@ -379,7 +400,8 @@ class ReplicationManager:
         mode: Any = rec.kind
         client = ReplicationClient(_ActivatingSink(self), cert, list(rec.primary_cluster_addrs), mode,
                                    secondary_id=rec.secondary_id,
-                                   accept_server_id=lambda cn: cn.startswith("primary:"))
+                                   accept_server_id=lambda cn: cn.startswith("primary:"),
+                                   voter=self.fencing.voter_for(rec) if rec.kind == "dr" else None)
         self.client, self._client_key = client, key
         self._client_task = asyncio.get_running_loop().create_task(client.run(), name="replication_client")
         log.info("replication_client_started", kind=rec.kind, primaries=len(rec.primary_cluster_addrs))

@@ -164,19 +164,33 @@ def _secondary(m: ReplicationManager, kind: str) -> ReplicationRecord:
     return rec
 
 
-async def promote(core: "Core", op_token: str | None, primary_cluster_addr: str = "", kind: str = "dr") -> list[str]:
+async def promote(core: "Core", op_token: str | None, primary_cluster_addr: str = "", kind: str = "dr",
+                  *, force: bool = False) -> list[str]:
     """Promote this secondary to a primary of ``kind`` (new lineage, higher epoch). A DR
-    secondary needs its operation token; a performance one an authorized caller."""
+    secondary needs its operation token; a performance one an authorized caller. With
+    fencing configured a DR promotion also needs the witness's grant (the old primary's
+    lease has expired) unless ``force`` is set."""
     _require_raft(core)
     m = await _active_manager(core)
     cur = _secondary(m, kind)
     if kind == "dr":
         await check_operation_token(core, op_token or "")
     seen = m.client.status().primary_epoch if m.client is not None else 0
+    epoch, lineage = max(cur.epoch, seen) + 1, str(uuid.uuid4())
+    if kind == "dr" and m.fencing.enabled and not force:
+        from vaultraft.replication.fence import LocalVoter, request_promotion
+
+        voter = m.fencing.voter_for(cur)
+        assert voter is not None
+        epoch = max(epoch, voter.epoch + 1)
+        result = await request_promotion(lineage, epoch, [LocalVoter(voter), m.fencing.witness()], participants=3)
+        if not result.promoted:
+            raise InvalidRequest("the primary's lease has not expired or the witness did not agree; retry after "
+                                 "failover_timeout, or set force=true if the primary is certainly gone")
     await m._stop_client()
     ca = ClusterCA.create("vaultraft-replication-" + cur.cluster_id)
-    rec = ReplicationRecord(kind=kind, mode="primary", cluster_id=cur.cluster_id, lineage=str(uuid.uuid4()),
-                            epoch=max(cur.epoch, seen) + 1, primary_cluster_addr=primary_cluster_addr,
+    rec = ReplicationRecord(kind=kind, mode="primary", cluster_id=cur.cluster_id, lineage=lineage,
+                            epoch=epoch, primary_cluster_addr=primary_cluster_addr,
                             ca_cert_pem=ca.cert_pem.decode(), ca_key_pem=ca.key_pem.decode())
     await save_record(m._view(), rec)
     m.set_record(kind, rec)
@@ -184,6 +198,21 @@ async def promote(core: "Core", op_token: str | None, primary_cluster_addr: str 
     m.poke()
     log.info("replication_secondary_promoted", kind=kind, epoch=rec.epoch)
     return [f"This cluster is being promoted to a {'DR' if kind == 'dr' else 'performance'} primary."]
+
+
+async def promote_fenced(core: "Core", lineage: str, epoch: int) -> None:
+    """Automatic promotion after the witness and this secondary's voter granted ``epoch``:
+    commit the new primary record (lineage, epoch) to this cluster's log, then serve."""
+    m = await _active_manager(core)
+    cur = _secondary(m, "dr")
+    await m._stop_client()
+    ca = ClusterCA.create("vaultraft-replication-" + cur.cluster_id)
+    rec = ReplicationRecord(kind="dr", mode="primary", cluster_id=cur.cluster_id, lineage=lineage, epoch=epoch,
+                            ca_cert_pem=ca.cert_pem.decode(), ca_key_pem=ca.key_pem.decode())
+    await save_record(m._view(), rec)
+    m.set_record("dr", rec)
+    await core.leave_dr_secondary()
+    m.poke()
 
 
 async def update_primary(core: "Core", op_token: str | None, token_str: str, primary_api_addr: str = "",

@@ -86,6 +86,8 @@ class Fencing:
         key = (rec.lineage, rec.epoch, designated[0] if designated else "")
         if self._holder_key == key and self._holder_task is not None and not self._holder_task.done():
             return
+        if self.holder is not None and self.holder.fenced_epoch is not None:
+            return  # fenced: never renew again; the manager steps this cluster down
         await self.stop_holder()
         voters: list[Any] = [self.witness()]
         if designated:

@@ -340,10 +340,11 @@ class ReplicationManager:
             await self._stop_server()
         dr = self.dr
         if dr is not None and dr.mode == "primary":
-            await self.fencing.ensure_holder(dr)
             fenced = self.fencing.fenced_epoch()
             if fenced is not None and self.core.active:
                 await self._step_down_fenced(fenced)
+            else:
+                await self.fencing.ensure_holder(dr)
         else:
             await self.fencing.stop_holder()
         target = self.secondary_record()

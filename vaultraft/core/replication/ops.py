@@ -22,7 +22,13 @@ import msgpack
 import structlog
 
 from vaultraft.core.replication.manager import PendingActivation, ReplicationManager
-from vaultraft.core.replication.records import ReplicationRecord, SecondaryEntry, delete_record, save_record
+from vaultraft.core.replication.records import (
+    ReplicationRecord,
+    SecondaryEntry,
+    delete_record,
+    save_record,
+    stored_epoch,
+)
 from vaultraft.logical import InvalidRequest, NotFound, NotLeader, PermissionDenied
 from vaultraft.raft.tls import ClusterCA
 from vaultraft.replication.activation import (
@@ -94,7 +100,7 @@ async def enable_primary(core: "Core", primary_cluster_addr: str = "", kind: str
         cluster_id = str(uuid.uuid4())
         ca = ClusterCA.create("vaultraft-replication-" + cluster_id)
         rec = ReplicationRecord(kind=kind, mode="primary", cluster_id=cluster_id, lineage=str(uuid.uuid4()),
-                                epoch=1, primary_cluster_addr=primary_cluster_addr,
+                                epoch=max(1, await stored_epoch(m._view())), primary_cluster_addr=primary_cluster_addr,
                                 ca_cert_pem=ca.cert_pem.decode(), ca_key_pem=ca.key_pem.decode())
     await save_record(m._view(), rec)
     m.set_record(kind, rec)

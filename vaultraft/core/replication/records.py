@@ -97,9 +97,22 @@ async def load_record(core_view: StorageView, kind: str) -> ReplicationRecord | 
     return None if e is None else ReplicationRecord.decode(e.value)
 
 
+EPOCH_KEY = RECORD_PREFIX + "epoch"
+
+
+async def stored_epoch(core_view: StorageView) -> int:
+    """The highest replication epoch this cluster ever recorded (0 if none). Epochs never go
+    back: a primary enabled again after ``disable`` continues above it, or a witness would
+    (rightly) fence it as stale."""
+    e = await core_view.get(EPOCH_KEY)
+    return 0 if e is None else int(e.value)
+
+
 async def save_record(core_view: StorageView, record: ReplicationRecord) -> None:
-    """Store ``record`` (through the cluster's log)."""
+    """Store ``record`` (through the cluster's log), raising the epoch floor to its epoch."""
     await core_view.put(StorageEntry(RECORD_PREFIX + record.kind, record.encode()))
+    if record.epoch > await stored_epoch(core_view):
+        await core_view.put(StorageEntry(EPOCH_KEY, str(record.epoch).encode()))
 
 
 async def delete_record(core_view: StorageView, kind: str) -> None:

@@ -86,7 +86,7 @@ async def _own_items(core: "Core") -> list[tuple[str, bytes]]:
             if child.endswith("/"):
                 stack.append(prefix + child)
                 continue
-            if prefix.startswith("core/replication/"):
+            if prefix + child in ("core/replication/dr", "core/replication/performance"):
                 continue  # replaced by the new record
             v = await core.barrier.get(prefix + child)
             if v is not None:

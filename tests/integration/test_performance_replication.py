@@ -138,3 +138,27 @@ def test_local_mounts_of_the_secondary_stay_local(pair: Pair) -> None:
     assert sc.read("secondary-local/mine")["data"]["v"] == "stays"
     got = sc.secrets.kv.v2.read_secret_version("later", mount_point="shared", raise_on_deleted_version=True)
     assert got["data"]["data"]["v"] == "1"
+
+
+def test_paths_filter_keeps_a_mount_off_the_secondary(pair: Pair) -> None:
+    p, s = pair.primary, pair.secondary
+    pc = client(p)
+    pc.sys.enable_secrets_engine("kv", path="primary-only", options={"version": "1"})
+    pc.write("primary-only/secret", v="not-for-secondary")
+    out = pc.write("sys/replication/performance/primary/paths-filter/perf-one", mode="deny", paths=["primary-only/"])
+    assert out["data"] == {"mode": "deny", "paths": ["primary-only/"]}
+    assert pc.read("sys/replication/performance/primary/paths-filter/perf-one")["data"]["mode"] == "deny"
+    pc.secrets.kv.v2.create_or_update_secret("after-filter", {"v": "yes"}, mount_point="shared")
+    pc.write("primary-only/secret2", v="not-either")
+    caught_up(p, s)
+    sc = hvac.Client(url=node(s).addr, token=pair.secondary_root, timeout=30)
+    got = sc.secrets.kv.v2.read_secret_version("after-filter", mount_point="shared", raise_on_deleted_version=True)
+    assert got["data"]["data"]["v"] == "yes"
+    for key in ("secret", "secret2"):
+        status, _ = node(s).request("GET", f"primary-only/{key}", token=pair.secondary_root)
+        assert status == 404, key
+    # the secondary's local state survived the resync the new filter caused
+    assert sc.read("secondary-local/mine")["data"]["v"] == "stays"
+    status, body = node(p).request("PUT", "sys/replication/performance/primary/paths-filter/perf-one",
+                                   {"mode": "sideways", "paths": ["x/"]}, token=p.root_token)
+    assert status == 400 and "allow" in body["errors"][0], body

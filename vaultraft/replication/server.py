@@ -15,7 +15,7 @@ import contextlib
 import itertools
 import ssl
 import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -107,6 +107,7 @@ class _Conn:
     secondary_id: str = ""
     mode: Mode = "dr"
     lineage: str = ""
+    key_filter: Callable[[str], bool] | None = None  # None: every key the mode allows
     epoch: int = 0
     sent_index: int = 0
     acked_index: int = 0
@@ -300,6 +301,13 @@ class ReplicationServer:
         state = self._registry.primary_state()
         self._check_active(state)
         conn.secondary_id, conn.mode, conn.lineage, conn.epoch = peer_id, mode, state.lineage, state.epoch
+        # A registry may narrow what one secondary receives (a performance paths filter). The
+        # filter's tag joins the lineage, so a changed filter makes the secondary resync.
+        policy = getattr(self._registry, "stream_policy", None)
+        if policy is not None:
+            tag, conn.key_filter = policy(peer_id)
+            if tag:
+                conn.lineage = f"{state.lineage}:{tag}"
         conn.acked_index = hello.remote_index
         log.info("replication_secondary_connected", secondary_id=peer_id, mode=mode, peer=conn.peer,
                  remote_index=hello.remote_index)
@@ -396,10 +404,11 @@ class ReplicationServer:
 
     async def _send_wal(self, conn: _Conn, entries: list[WalEntry]) -> int:
         if conn.mode == "performance":
+            keep = conn.key_filter
             if sum(len(b) for e in entries for b in e.batches) >= _OFFLOAD_FILTER_BYTES:
-                entries = await asyncio.to_thread(filter_local, entries)
+                entries = await asyncio.to_thread(filter_local, entries, keep)
             else:
-                entries = filter_local(entries)
+                entries = filter_local(entries, keep)
         conn.sent_index = entries[-1].index
         await self._send(conn, Wal(conn.epoch, tuple(entries)))
         return conn.sent_index
@@ -413,6 +422,9 @@ class ReplicationServer:
             chunks = snap.chunks(self._cfg.bulk_chunk_bytes)
             try:
                 async for items in chunks:
+                    if conn.key_filter is not None:
+                        keep = conn.key_filter
+                        items = [(k, v) for k, v in items if keep(k)]
                     if items:
                         await self._send(conn, BulkChunk(tuple(items)))
                         items_sent += len(items)
@@ -497,7 +509,7 @@ class ReplicationServer:
             raise _Close("revoked", Error("unauthorized", "unknown or revoked secondary"))
         state = self._registry.primary_state()
         self._check_active(state)
-        if state.lineage != conn.lineage:
+        if state.lineage != conn.lineage.split(":", 1)[0]:
             raise _Close("lineage_changed", Error("lineage_changed", "the primary's lineage changed"))
         conn.epoch = max(conn.epoch, state.epoch)
 
@@ -513,21 +525,22 @@ class ReplicationServer:
             log.error("replication_contact_failed", error=type(e).__name__)
 
 
-def filter_local(entries: list[WalEntry]) -> list[WalEntry]:
-    """What a performance secondary receives: ops with ``local=True`` removed, batches left
-    empty dropped, every entry kept (so indexes still advance). Undecodable batches raise
-    BatchDecodeError (fail closed: a batch we cannot read might hold local data)."""
+def filter_local(entries: list[WalEntry], keep: Callable[[str], bool] | None = None) -> list[WalEntry]:
+    """What a performance secondary receives: ops with ``local=True`` (and, with ``keep``,
+    ops whose key it rejects) removed, batches left empty dropped, every entry kept (so
+    indexes still advance). Undecodable batches raise BatchDecodeError (fail closed: a batch
+    we cannot read might hold local data)."""
     out: list[WalEntry] = []
     for e in entries:
         batches: list[bytes] = []
         changed = False
         for raw in e.batches:
             batch = Batch.decode(raw)
-            if not any(op.local for op in batch.ops):
+            if not any(op.local or (keep is not None and not keep(op.key)) for op in batch.ops):
                 batches.append(raw)
                 continue
             changed = True
-            ops = tuple(op for op in batch.ops if not op.local)
+            ops = tuple(op for op in batch.ops if not op.local and (keep is None or keep(op.key)))
             if ops:
                 batches.append(Batch(ops, batch.request_id).encode())
         out.append(WalEntry(e.index, e.ts_ms, tuple(batches)) if changed else e)

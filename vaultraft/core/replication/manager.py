@@ -73,6 +73,25 @@ class _Registry:
         return PrimaryState(is_active=active, lineage=rec.lineage if rec else "", epoch=rec.epoch if rec else 0,
                             active_addr=None if active else self._m.active_replication_addr)
 
+    def stream_policy(self, secondary_id: str) -> tuple[str, Any]:
+        """A performance secondary's paths filter as (tag, key filter): with ``deny`` the
+        data of the listed mounts is never shipped to it; with ``allow`` only theirs is
+        (system state — mount tables, policies — always is). The tag changes with the
+        filter, which makes the secondary resync."""
+        rec = self._m.perf
+        s = rec.secondary(secondary_id) if rec is not None and rec.mode == "primary" else None
+        if s is None or not s.filter_mode:
+            return "", None
+        u = self._m.core._u
+        mounts = u.mounts.entries if u is not None else {}
+        listed = {f"logical/{e.uuid}/" for path, e in mounts.items() if path in s.filter_paths}
+        tag = hashlib.sha256(f"{s.filter_mode}:{','.join(s.filter_paths)}".encode()).hexdigest()[:12]
+        if s.filter_mode == "deny":
+            denied = tuple(listed)
+            return tag, (lambda key: not key.startswith(denied)) if denied else None
+        allowed = tuple(listed)
+        return tag, lambda key: not key.startswith("logical/") or key.startswith(allowed)
+
     def on_contact(self, contact: SecondaryContact) -> None:
         self._m.contacts[contact.secondary_id] = contact
         self._m.wake_durable()

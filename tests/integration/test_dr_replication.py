@@ -9,6 +9,9 @@ update-primary with a new token, catch up).
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -17,6 +20,7 @@ import hvac
 import pytest
 
 from cluster.local import LocalCluster
+from cluster.node import vaultraft_exe
 from tests.integration.dr_helpers import MOUNT, caught_up, client, dr_status, node, operation_token, wait_for
 
 pytestmark = pytest.mark.xdist_group("test_dr_replication")
@@ -100,6 +104,45 @@ def test_operation_token_and_merkle_check(pair: Pair) -> None:
     assert status == 200 and body["data"]["equal"] is True, body
     assert body["data"]["merkle_corruption_report"]["corrupted_root"] is False
     pair.op_token = op  # type: ignore[attr-defined]
+
+
+def _cli(addr: str, *args: str, token: str = "") -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VAULT_")}
+    env.update(VAULT_ADDR=addr, NO_COLOR="1")
+    if token:
+        env["VAULT_TOKEN"] = token
+    return subprocess.run([vaultraft_exe(), *args], capture_output=True, text=True, env=env, timeout=60)
+
+
+def test_cli_operation_token_and_status(pair: Pair) -> None:
+    p, s = pair.primary, pair.secondary
+    addr = node(s).addr
+    out = _cli(addr, "read", "-format=json", "sys/replication/dr/status")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["data"]["mode"] == "secondary"
+    init = _cli(addr, "operator", "generate-root", "-dr-token", "-init", "-format=json")
+    assert init.returncode == 0, init.stderr
+    started = json.loads(init.stdout)
+    assert p.init is not None
+    last: dict[str, Any] = {}
+    for key in p.init.keys[: p.threshold]:
+        step = _cli(addr, "operator", "generate-root", "-dr-token", f"-nonce={started['nonce']}", "-format=json", key)
+        assert step.returncode == 0, step.stderr
+        last = json.loads(step.stdout)
+    assert last["complete"] is True
+    decoded = _cli(addr, "operator", "generate-root", "-decode=" + last["encoded_token"], "-otp=" + started["otp"])
+    assert decoded.returncode == 0, decoded.stderr
+    op = decoded.stdout.strip()
+    check = _cli(addr, "write", "-format=json", "sys/replication/dr/secondary/merkle-check", f"dr_operation_token={op}")
+    assert check.returncode == 0, check.stderr
+    assert json.loads(check.stdout)["data"]["equal"] is True
+    pair.op_token = op  # type: ignore[attr-defined]  # the newest token replaces the earlier one
+    # reindex: a full resync, after which the copies still match
+    status, body = node(s).request("PUT", "sys/replication/dr/secondary/reindex", {"dr_operation_token": op})
+    assert status == 200, body
+    caught_up(p, s)
+    status, body = node(s).request("PUT", "sys/replication/dr/secondary/merkle-check", {"dr_operation_token": op})
+    assert status == 200 and body["data"]["equal"] is True, body
 
 
 def test_promote_after_losing_the_primary(pair: Pair) -> None:

@@ -306,11 +306,13 @@ def cmd_generate_root(ctx: Context, argv: Sequence[str]) -> int:
     inv = begin(ctx, argv, _GENROOT_FLAGS)
     inv.at_most(1)
     flags, client = inv.flags, inv.client
-    if flags.on("dr-token") or flags.on("recovery-token"):
-        raise CommandError("DR operation and recovery tokens are not supported by this server")
+    if flags.on("recovery-token"):
+        raise CommandError("recovery tokens are not supported by this server")
+    # -dr-token: the same ceremony on a DR secondary, minting a DR operation token
+    base = "sys/replication/dr/secondary/generate-operation-token" if flags.on("dr-token") else "sys/generate-root"
     if flags.on("generate-otp"):
         with api_errors("Error getting root generation status"):
-            length = int((client.call("GET", "sys/generate-root/attempt") or {}).get("otp_length") or 0)
+            length = int((client.call("GET", f"{base}/attempt") or {}).get("otp_length") or 0)
         otp = "".join(secrets.choice(_BASE62) for _ in range(length)) if length else \
             base64.b64encode(secrets.token_bytes(16)).decode()
         if inv.table:
@@ -330,7 +332,7 @@ def cmd_generate_root(ctx: Context, argv: Sequence[str]) -> int:
         return inv.ui.data({"token": token})
     if flags.on("cancel"):
         with api_errors("Error canceling root token generation"):
-            client.call("DELETE", "sys/generate-root/attempt")
+            client.call("DELETE", f"{base}/attempt")
         inv.ui.output("Success! Root token generation canceled (if it was started)")
         return EXIT_OK
     if flags.on("init"):
@@ -343,9 +345,9 @@ def cmd_generate_root(ctx: Context, argv: Sequence[str]) -> int:
         if pgp_file:
             body["pgp_key"] = read_pgp_key_file(pgp_file)
         with api_errors("Error initializing root generation"):
-            return _genroot_table(inv, client.call("PUT", "sys/generate-root/attempt", body=body) or {})
+            return _genroot_table(inv, client.call("PUT", f"{base}/attempt", body=body) or {})
     with api_errors("Error getting root generation status"):
-        status = client.call("GET", "sys/generate-root/attempt") or {}
+        status = client.call("GET", f"{base}/attempt") or {}
     if flags.on("status"):
         return _genroot_table(inv, status)
     if not status.get("started"):
@@ -357,7 +359,7 @@ def cmd_generate_root(ctx: Context, argv: Sequence[str]) -> int:
     if not nonce:
         raise CommandError("Missing nonce value: specify it via the -nonce flag")
     with api_errors("Error posting unseal key"):
-        resp = client.call("PUT", "sys/generate-root/update", body={"key": key, "nonce": nonce}) or {}
+        resp = client.call("PUT", f"{base}/update", body={"key": key, "nonce": nonce}) or {}
     return _genroot_table(inv, resp)
 
 

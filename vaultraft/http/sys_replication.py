@@ -116,6 +116,16 @@ async def merkle_check(core: Core, method: str, body: dict[str, Any]) -> tuple[i
     return 200, {"data": await ops.merkle_check(core)}
 
 
+async def reindex(core: Core, method: str, body: dict[str, Any]) -> tuple[int, Any]:
+    """``dr/secondary/reindex``: rebuild this DR secondary's copy with a full bulk sync."""
+    _post(method)
+    await secondary_ops.check_operation_token(core, _str(body, "dr_operation_token"))
+    if not core.replication.dr_secondary or not core.active:
+        raise InvalidRequest("reindex runs on the active node of a DR secondary")
+    await core.replication.request_resync()
+    return 200, _warnings(["Reindex started: this secondary resynchronizes from its primary."])
+
+
 async def _operation_ops(core: Core) -> Any:
     if core.sealed:
         from vaultraft.logical import Sealed
@@ -176,6 +186,7 @@ HANDLERS: dict[str, Handler] = {
     "sys/replication/dr/secondary/disable": disable_secondary,
     "sys/replication/dr/secondary/operation-token/delete": operation_token_delete,
     "sys/replication/dr/secondary/merkle-check": merkle_check,
+    "sys/replication/dr/secondary/reindex": reindex,
     "sys/replication/dr/secondary/generate-operation-token/attempt": operation_attempt,
     "sys/replication/dr/secondary/generate-operation-token/update": operation_update,
     "sys/decode-token": decode,

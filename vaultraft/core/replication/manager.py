@@ -28,6 +28,7 @@ from vaultraft.logical import InvalidRequest, Unavailable
 from vaultraft.raft.replica import RaftReplicaSink, RaftWalSource
 from vaultraft.raft.tls import ClusterCA, NodeCert, address_ips
 from vaultraft.replication.client import ReplicationClient
+from vaultraft.replication.interfaces import ReplicaPosition
 from vaultraft.replication.registry import PrimaryState, SecondaryContact
 from vaultraft.replication.server import ReplicationServer
 
@@ -107,7 +108,14 @@ class _ActivatingSink(RaftReplicaSink):
         super().__init__(raft)
         self._m = manager
 
+    def position(self) -> Any:
+        pos = super().position()
+        if self._m.force_resync:  # reindex: report an incomplete sync, so the primary bulk-syncs
+            return ReplicaPosition(pos.lineage, pos.remote_index, False)
+        return pos
+
     async def begin_bulk(self, lineage: str, index: int) -> None:
+        self._m.force_resync = False
         # A performance secondary keeps its own local state (tokens, local mounts) across
         # a resync; a first activation (pending) and a DR secondary keep nothing but their
         # cluster-own entries.
@@ -147,7 +155,14 @@ class ReplicationManager:
         self.fencing = Fencing(self)
         self._durable = asyncio.Event()  # set (and replaced) whenever a secondary acknowledges
         self.bundle_private_key: bytes | None = None  # from generate-public-key
+        self.force_resync = False  # reindex: the next connection bulk-syncs
         self._operation_ops: KeyOps | None = None
+
+    async def request_resync(self) -> None:
+        """Reindex: reconnect and rebuild this secondary's copy with a full bulk sync."""
+        self.force_resync = True
+        await self._stop_client()
+        self.poke()
 
     async def forward_to_primary(self, req: Any) -> Any:
         """A performance secondary: run ``req`` on the primary (see secondary_ops)."""

@@ -13,7 +13,17 @@ MOUNT = "drkv"
 
 
 def node(lc: LocalCluster) -> ClusterNode:
-    return lc.nodes[0]
+    """The cluster's active node (its only node for a single-node cluster)."""
+    if len(lc.nodes) == 1:
+        return lc.nodes[0]
+    for n in lc.nodes:
+        try:
+            status, body = n.request("GET", "sys/leader")
+        except OSError:
+            continue
+        if status == 200 and body.get("is_self"):
+            return n
+    return lc.wait_active()
 
 
 def client(lc: LocalCluster, token: str | None = None) -> hvac.Client:

@@ -15,7 +15,7 @@ import structlog
 
 from vaultraft import VAULT_COMPAT_VERSION
 from vaultraft.audit import AuditBroker
-from vaultraft.barrier import KEYRING_PATH, Barrier, ReplicatedReadOnly
+from vaultraft.barrier import KEYRING_PATH, Barrier, BarrierInvalidKey, ReplicatedReadOnly
 from vaultraft.core.audit_table import AuditTable
 from vaultraft.core import raft_ops
 from vaultraft.core.cluster import LEADER_KEY, ROLE_POLL, ClusterLink, LeaderInfo
@@ -274,14 +274,18 @@ class Core:
         self.seals.start_health_monitor(self.seal)  # issue 4: seal when the HSM goes away
         log.info("core_unsealed")
 
-    async def seal(self) -> None:
-        """Seal: stop background work, forget routes and keys."""
+    async def seal(self, *, keep_consensus: bool = False) -> None:
+        """Seal: stop background work, forget routes and keys. ``keep_consensus`` keeps this
+        node in the Raft group (it goes on applying ciphertext it cannot read): a standby whose
+        cluster switched to a replication primary's keyring, so it catches up on everything
+        the active node writes under the new keys and can be unsealed with them."""
         async with self._lock:
             await self._teardown()
             self.barrier.seal()
-            await self.cluster.stop()
+            if not keep_consensus:
+                await self.cluster.stop()
             await self.seals.on_sealed()  # issue 4: also stops the HSM health monitor
-            log.info("core_sealed")
+            log.info("core_sealed", consensus=keep_consensus)
 
     # ---- requests --------------------------------------------------------------------------
 
@@ -323,6 +327,23 @@ class Core:
             await self.replication.wait_if_sync(self.settings.dr_sync_timeout)
         if fenced:
             self.replication.fencing.check_writes()  # never acknowledge once the lease may have ended
+        return resp
+
+    async def handle_forwarded(self, req: Request, caller: Any) -> Response | None:
+        """A performance secondary's forwarded write, run here (the primary's active node)
+        as the caller it authenticated, under the same lease and sync rules as any write."""
+        from vaultraft.core.pipeline import handle_request
+
+        if self._u is None:
+            raise Sealed()
+        if not self.active:
+            info = await self.leader_info()
+            raise NotLeader(info.api_addr if info else None)
+        self.replication.fencing.check_writes()
+        resp = await handle_request(self, req, forwarded=caller)
+        if self.settings.dr_sync:
+            await self.replication.wait_if_sync(self.settings.dr_sync_timeout)
+        self.replication.fencing.check_writes()
         return resp
 
     async def _wait_for_index(self, req: Request) -> None:
@@ -369,7 +390,7 @@ class Core:
     def _on_applied(self, index: int, keys: Sequence[str]) -> None:
         """Called on the Raft thread after each applied entry (never blocks it)."""
         loop, queue = self._loop, self._invalidations
-        if loop is None or queue is None or (self._active and not self.replication.dr_secondary
+        if loop is None or queue is None or self._u is None or (self._active and not self.replication.dr_secondary
                                              and not self.replication.perf_secondary):
             return
         watched = [k for k in keys if k.startswith(_WATCHED)]
@@ -385,8 +406,7 @@ class Core:
             if self._u is None or (self._active and not self.replication.dr_secondary
                                    and not self.replication.perf_secondary):
                 continue
-            secondary = self.replication.dr_secondary or self.replication.perf_secondary
-            if secondary and KEYRING_PATH in keys and not self._active and not await self._follow_primary_keyring():
+            if KEYRING_PATH in keys and not self._active and not await self._follow_keyring():
                 continue
             if self.replication.dr_secondary:
                 continue
@@ -403,17 +423,23 @@ class Core:
             except Exception as e:  # a failed refresh is retried by the next change
                 log.warning("standby_invalidation_failed", error=type(e).__name__)
 
-    async def _follow_primary_keyring(self) -> bool:
-        """A replication secondary's standby: follow the primary's keyring; when this node's
-        root key no longer opens it (the cluster was just activated against a primary),
-        seal, so an operator unseals it with the primary's keys. False when sealing."""
+    async def _follow_keyring(self) -> bool:
+        """A standby after the keyring changed: reload it. When this node's root key no longer
+        opens it (the cluster was activated as a replication secondary and now runs on its
+        primary's keys), seal but stay in consensus, so an operator unseals it with the
+        primary's keys. A keyring missing for a moment (a bulk sync replacing it) is waited
+        out. False when the keyring could not be loaded."""
         try:
             await self.barrier.reload_keyring()
             return True
-        except Exception as e:
-            log.warning("keyring_unreadable_sealing", error=type(e).__name__)
+        except BarrierInvalidKey:
+            log.warning("keyring_unreadable_sealing")
             if self._self_seal is None or self._self_seal.done():
-                self._self_seal = asyncio.get_running_loop().create_task(self.seal(), name="self_seal")
+                self._self_seal = asyncio.get_running_loop().create_task(self.seal(keep_consensus=True),
+                                                                         name="self_seal")
+            return False
+        except Exception as e:
+            log.info("keyring_reload_deferred", error=type(e).__name__)
             return False
 
     async def enter_dr_secondary(self) -> None:

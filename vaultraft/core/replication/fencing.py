@@ -88,11 +88,17 @@ class Fencing:
             return
         if self.holder is not None and self.holder.fenced_epoch is not None:
             return  # fenced: never renew again; the manager steps this cluster down
-        await self.stop_holder()
         voters: list[Any] = [self.witness()]
         if designated:
             voters.append(StreamVoter(self._m.server, designated[0]))
         holder = LeaseHolder(rec.lineage, rec.epoch, self.duration, voters)
+        # Win the new lease before dropping the old one, so writes see no gap when the
+        # participants change (a secondary was activated or revoked).
+        try:
+            await asyncio.wait_for(holder.renew_once(), self.duration / 3)
+        except Exception as e:  # the run loop retries
+            log.info("replication_lease_first_round_failed", error=type(e).__name__)
+        await self.stop_holder()
         self.holder, self._holder_key = holder, key
         self._holder_task = asyncio.get_running_loop().create_task(holder.run(), name="replication_lease")
         log.info("replication_lease_holder_started", epoch=rec.epoch, participants=len(voters) + 1)

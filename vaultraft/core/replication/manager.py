@@ -110,7 +110,9 @@ class _ActivatingSink(RaftReplicaSink):
 
     def position(self) -> Any:
         pos = super().position()
-        if self._m.force_resync:  # reindex: report an incomplete sync, so the primary bulk-syncs
+        # reindex, or an activation (which completes only with a bulk sync): report an
+        # incomplete sync, so the primary bulk-syncs
+        if self._m.force_resync or self._m.pending is not None:
             return ReplicaPosition(pos.lineage, pos.remote_index, False)
         return pos
 

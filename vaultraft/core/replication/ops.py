@@ -127,6 +127,8 @@ async def secondary_token(core: "Core", secondary_id: str, ttl: int, secondary_p
     rec = _primary(m, kind)
     if not secondary_id:
         raise InvalidRequest("missing required 'id' parameter")
+    if len(secondary_id) > 64 or not all(c.isalnum() or c in "._-" for c in secondary_id):
+        raise InvalidRequest("id must be 1-64 characters of letters, digits, '.', '_' or '-'")
     for r in m.records.values():
         existing = r.secondary(secondary_id) if r.mode == "primary" else None
         if existing is not None and not existing.revoked:

@@ -64,6 +64,7 @@ class ReplicationRecord:
     primary_api_addr: str = ""
     primary_cluster_addrs: tuple[str, ...] = ()
     operation_token_sha256: str = ""
+    primary_ca_file: str = ""  # verifies the primary's API certificate (activation, forwarding)
 
     def secondary(self, secondary_id: str) -> SecondaryEntry | None:
         """The entry for ``secondary_id`` or None."""

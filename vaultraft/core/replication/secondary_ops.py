@@ -117,6 +117,7 @@ async def activate_secondary(core: "Core", token_str: str, primary_api_addr: str
         if priv is None:
             raise InvalidRequest("this token was issued for a public key; run generate-public-key on this cluster first")
         blob = token.bundle
+        m.bundle_private_key = None  # one activation per generated key pair
     else:
         priv, pub = generate_bundle_keypair()
         blob = await _fetch_bundle(token, primary_api_addr or token.primary_api_addr, ca_file, pub)
@@ -127,7 +128,7 @@ async def activate_secondary(core: "Core", token_str: str, primary_api_addr: str
             kind=kind, mode="secondary", cluster_id=str(b["cluster_id"]), epoch=int(b["epoch"]),
             ca_cert_pem=bytes(b["ca"]).decode(), secondary_id=token.secondary_id, cert_pem=bytes(b["cert"]).decode(),
             key_pem=bytes(b["key"]).decode(), primary_api_addr=primary_api_addr or token.primary_api_addr,
-            primary_cluster_addrs=tuple(token.primary_cluster_addrs),
+            primary_cluster_addrs=tuple(token.primary_cluster_addrs), primary_ca_file=ca_file,
             # update-primary keeps the DR operation token (it is revoked by delete or promote)
             operation_token_sha256=current.operation_token_sha256 if updating and current is not None else "",
         )
@@ -272,7 +273,7 @@ async def forward_to_primary(core: "Core", req: Request) -> Response | None:
             "cert": rec.cert_pem}
     url = rec.primary_api_addr.rstrip("/") + "/v1/sys/replication/internal/forward"
     try:
-        status, data = await _post_json(url, body, "", FORWARD_TIMEOUT)
+        status, data = await _post_json(url, body, rec.primary_ca_file, FORWARD_TIMEOUT)
     except (aiohttp.ClientError, TimeoutError, ValueError) as e:
         raise Unavailable(f"cannot reach the primary to forward this write: {type(e).__name__}") from None
     if status >= 400 and isinstance(data, dict) and "errors" in data and "forwarded" not in data:
@@ -350,10 +351,8 @@ async def verify_forwarded(core: "Core", body: dict[str, Any]) -> tuple[Request,
 
 
 async def run_forwarded(core: "Core", req: Request, caller: Any) -> Response | None:
-    """Run a verified forwarded request through the pipeline as ``caller``."""
-    from vaultraft.core.pipeline import handle_request
-
-    return await handle_request(core, req, forwarded=caller)
+    """Run a verified forwarded request as ``caller`` (lease and sync rules apply)."""
+    return await core.handle_forwarded(req, caller)
 
 
 def forwarded_answer(core: "Core", status: int, body: Any) -> dict[str, Any]:

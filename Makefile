@@ -37,4 +37,4 @@ dev: $(STAMP)
 ## make test: the whole test suite (layer contracts, unit, integration, system)
 test: $(STAMP) system-deps
 	$(VENV)/bin/lint-imports
-	$(VENV)/bin/pytest -n 2 --dist loadgroup -q -p no:cacheprovider
+	$(VENV)/bin/pytest -n 2 --dist loadfile -q -p no:cacheprovider

@@ -89,13 +89,20 @@ class ClusterLink:
         await core_view.put(StorageEntry(TLS_KEY, _ca_to_bytes(self._ca)))
 
     async def start_after_unseal(self, core_view: StorageView) -> None:
-        """After unseal: read the cluster CA from the barrier and join consensus."""
-        if self.raft is None or self.raft.running:
+        """After unseal: read the cluster CA from the barrier and join consensus. A node that
+        stayed in consensus while sealed keeps its transport unless the stored CA changed
+        meanwhile (a forced snapshot restore of another cluster): then it rejoins with it."""
+        if self.raft is None:
             return
         raw = await core_view.get(TLS_KEY)
         if raw is None:
             raise RuntimeError("cluster TLS material is missing from storage")
-        self._ca = _ca_from_bytes(raw.value)
+        ca = _ca_from_bytes(raw.value)
+        if self.raft.running:
+            if self._ca is not None and self._ca.cert_pem == ca.cert_pem:
+                return
+            await self.raft.stop_consensus()
+        self._ca = ca
         await self.raft.start_consensus(self._transport(self._ca))
 
     async def stop(self) -> None:

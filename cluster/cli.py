@@ -6,6 +6,7 @@
     python -m cluster kill|stop|pause|resume|unseal N
     python -m cluster restart N [--no-unseal]
     python -m cluster partition N | heal [N]     (root: cgroup2 + iptables)
+    python -m cluster --dir .dr dr up|status|drill|promote|fail-back|down   (see cluster.dr_cli)
 
 Nodes run detached; every command after ``up`` finds them through ``<dir>/state.json``.
 ``N`` is a node's index (0-based), its name (``node1``) or its API port. The unseal keys
@@ -23,6 +24,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
+from cluster import dr_cli
 from cluster.local import ClusterError, LocalCluster, role_name
 from cluster.partition import cgroups_usable
 
@@ -32,7 +34,7 @@ DEFAULT_BASE_PORT = 8200
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m cluster", description="A local vaultraft cluster on 127.0.0.1.")
-    p.add_argument("--dir", default=DEFAULT_DIR, help="cluster work dir (default: .cluster)")
+    p.add_argument("--dir", default=None, help="work dir (default: .cluster; .dr for the dr commands)")
     sub = p.add_subparsers(dest="cmd", required=True)
     up = sub.add_parser("up", help="start, initialize, unseal and join the nodes (idempotent)")
     up.add_argument("--nodes", type=int, default=None, help="number of nodes (default 3)")
@@ -54,9 +56,11 @@ def _parser() -> argparse.ArgumentParser:
     pt.add_argument("node", help="index (0-based), name (node1) or API port")
     hl = sub.add_parser("heal", help="remove the partition rules (of one node, or all)")
     hl.add_argument("node", nargs="?", default=None, help="index (0-based), name (node1) or API port")
+    dr_cli.add_parser(sub)
     # the dir option is accepted after the subcommand too
-    for sp in sub.choices.values():
-        sp.add_argument("--dir", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    for name, sp in sub.choices.items():
+        if name != "dr":  # dr_cli adds its own, to its subcommands too
+            sp.add_argument("--dir", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return p
 
 
@@ -204,13 +208,15 @@ def cmd_heal(args: argparse.Namespace) -> int:
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "up": cmd_up, "status": cmd_status, "down": cmd_down, "restart": cmd_restart,
     "kill": _one(_kill), "stop": _one(_stop), "pause": _one(_pause), "resume": _one(_resume),
-    "unseal": _one(_unseal), "partition": _one(_partition), "heal": cmd_heal,
+    "unseal": _one(_unseal), "partition": _one(_partition), "heal": cmd_heal, "dr": dr_cli.run,
 }
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command; 0 on success, 1 with a message on stderr otherwise."""
     args = _parser().parse_args(argv)
+    if args.dir is None:
+        args.dir = dr_cli.DEFAULT_DIR if args.cmd == "dr" else DEFAULT_DIR
     try:
         return COMMANDS[args.cmd](args)
     except (ClusterError, TimeoutError) as e:

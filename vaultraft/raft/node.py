@@ -14,7 +14,6 @@ behind the barrier): :meth:`start_consensus` / :meth:`stop_consensus`.
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 import os
 import time
@@ -28,11 +27,16 @@ from pysyncobj.node import TCPNode
 
 from vaultraft.raft.background import JournalSync, lease_expiry
 from vaultraft.raft.command import Command, CommandKind
+from vaultraft.raft.errors import CommitTimeout, ConsensusStopped, NotLeaderError, RaftError
+from vaultraft.raft.membership import MembershipMixin
 from vaultraft.raft.fsm import ApplyObserver, StateMachine
 from vaultraft.raft.snapshot import pysyncobj_hooks
 from vaultraft.storage import ApplyResult, Batch
 from vaultraft.storage.lmdb_store import LMDBStore
 from vaultraft.storage.reader import BatchReader
+
+__all__ = ["CommitTimeout", "ConsensusStopped", "NotLeaderError", "RaftError", "RaftPhysical", "RaftStatus",
+           "RaftTuning"]
 
 log = structlog.get_logger("vaultraft.raft")
 
@@ -50,26 +54,6 @@ AUTO_TICK_PERIOD = 0.01
 SNAPSHOT_INVALIDATES = ("core/keyring", "core/mounts", "core/auth", "core/audit", "sys/policy/")
 _RETRYABLE = {FAIL_REASON.QUEUE_FULL, FAIL_REASON.MISSING_LEADER, FAIL_REASON.DISCARDED,
               FAIL_REASON.NOT_LEADER, FAIL_REASON.LEADER_CHANGED, FAIL_REASON.UNKNOWN_OUTCOME}
-
-
-class RaftError(Exception):
-    """Base of the Raft layer's infrastructure errors (core maps them)."""
-
-
-class NotLeaderError(RaftError):
-    """This node cannot accept writes; ``leader_cluster_addr`` is the known leader or None."""
-
-    def __init__(self, leader_cluster_addr: str | None) -> None:
-        super().__init__("node is not the raft leader")
-        self.leader_cluster_addr = leader_cluster_addr
-
-
-class CommitTimeout(RaftError):
-    """A write was not committed before its deadline (its outcome may still be applied)."""
-
-
-class ConsensusStopped(RaftError):
-    """The node is not participating in consensus (sealed, or shutting down)."""
 
 
 @dataclass(frozen=True)
@@ -134,7 +118,7 @@ class RaftStatus:
     connected: set[str] = field(default_factory=set)
 
 
-class RaftPhysical:
+class RaftPhysical(MembershipMixin):
     """Implements :class:`vaultraft.storage.Physical` on a Raft-replicated LMDB."""
 
     storage_type = "raft"
@@ -170,29 +154,6 @@ class RaftPhysical:
     def running(self) -> bool:
         """Whether this node takes part in consensus now."""
         return self._obj is not None
-
-    def peers_file(self) -> str:
-        return os.path.join(self.data_dir, "raft", "peers.json")
-
-    def known_peers(self) -> list[str]:
-        """Other members' cluster addresses as last recorded locally."""
-        try:
-            with open(self.peers_file()) as f:
-                peers = json.load(f)
-            return [p for p in peers if isinstance(p, str) and p != self.self_addr]
-        except (OSError, ValueError):
-            return []
-
-    def record_peers(self, peers: Sequence[str]) -> None:
-        """Remember the membership for the next start (atomic, fsynced)."""
-        path = self.peers_file()
-        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(sorted(set(peers) - {self.self_addr}), f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
 
     async def start_consensus(self, transport_class: type | None, peers: Sequence[str] | None = None) -> None:
         """Join the Raft group with ``peers`` (default: the recorded membership)."""
@@ -352,60 +313,6 @@ class RaftPhysical:
         except (RuntimeError, AttributeError):
             pass
         return st
-
-    # ---- membership ------------------------------------------------------------------------
-
-    async def add_peer(self, addr: str, *, wait: bool = True) -> None:
-        """Add a voter (leader only); with ``wait``, return once the change is committed.
-
-        A joining node cannot acknowledge before it runs, and it runs only after it is
-        admitted, so admission does not wait (the change commits once it catches up).
-        """
-        await self._membership("add", addr, wait=wait)
-
-    async def transfer_leadership(self) -> None:
-        """Ask pysyncobj to hand leadership to another member (leader only)."""
-        obj = self._obj
-        if obj is None:
-            raise ConsensusStopped("consensus stopped")
-        if not obj._isLeader():
-            raise NotLeaderError(self.leader_addr())
-        if obj._SyncObj__otherNodes:
-            obj.transferLeadership()
-
-    async def remove_peer(self, addr: str) -> None:
-        """Remove a member (leader only); returns once the change is committed."""
-        await self._membership("remove", addr)
-
-    async def _membership(self, op: str, addr: str, *, wait: bool = True) -> None:
-        obj = self._obj
-        if obj is None:
-            raise ConsensusStopped("consensus stopped")
-        if not obj._isLeader():
-            raise NotLeaderError(self.leader_addr())
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[int] = loop.create_future()
-
-        def done(result: Any, err: int) -> None:
-            loop.call_soon_threadsafe(_settle, fut, err)
-
-        if op == "add":
-            obj.addNodeToCluster(addr, callback=done)
-        else:
-            obj.removeNodeFromCluster(addr, callback=done)
-        peers = set(self.status().peers)
-        if not wait:
-            self.record_peers(sorted(peers | {addr} if op == "add" else peers - {addr}))
-            return
-        try:
-            err = await asyncio.wait_for(fut, self.tuning.commit_timeout)
-        except TimeoutError:
-            raise CommitTimeout(f"membership change {op} {addr} not committed in time") from None
-        if err != FAIL_REASON.SUCCESS:
-            raise RaftError(f"membership change {op} {addr} failed (reason {err})")
-        peers = set(self.status().peers)
-        peers = peers | {addr} if op == "add" else peers - {addr}
-        self.record_peers(sorted(peers))
 
     # ---- Physical --------------------------------------------------------------------------
 
@@ -666,11 +573,6 @@ def _consume(fut: asyncio.Future[None]) -> None:
     """Mark a barrier's failure as seen even when every caller stopped waiting."""
     if not fut.cancelled():
         fut.exception()
-
-
-def _settle(fut: asyncio.Future[int], err: int) -> None:
-    if not fut.done():
-        fut.set_result(err)
 
 
 def _settle_pair(fut: asyncio.Future[tuple[Any, int]], result: Any, err: int) -> None:

@@ -3,8 +3,11 @@
 The store that owns a :class:`ReadCache` is the only writer of its data, so it can keep the
 cache exact with two rules (see ``storage/DESIGN.md``):
 
-1. **Invalidate after commit.** Every write transaction, once committed (or failed), drops
-   the keys it touched and bumps the generation — before the store publishes the new
+1. **No fills during a write; invalidate after commit.** A write transaction first marks the
+   cache as being written (:meth:`begin_write`: fills are refused until it ends, so a value a
+   reader read just before the commit cannot be inserted between the commit and the
+   invalidation and be served to a reader that already saw the new one); once committed (or
+   failed) it drops the keys it touched and bumps the generation (:meth:`end_write`) — before the store publishes the new
    applied index, so anything that waits for that index (a client's ack, a read barrier,
    ``X-Vault-Index``) finds the keys already dropped. Replacing the whole store (snapshot
    install, wipe) clears everything.
@@ -48,6 +51,7 @@ class ReadCache:
         self._map: dict[str, bytes | None] = {}
         self._bytes = 0
         self._gen = 0
+        self._writing = 0  # write transactions in progress (fills are refused meanwhile)
         self.hits = 0
         self.misses = 0
 
@@ -81,7 +85,7 @@ class ReadCache:
         if self.max_entries == 0 or size > MAX_VALUE_BYTES:
             return False
         with self._lock:
-            if generation != self._gen:
+            if generation != self._gen or self._writing:
                 return False
             old = self._map.pop(key, _MISS)
             if old is not _MISS and old is not None:
@@ -94,6 +98,27 @@ class ReadCache:
                 if gone is not None:
                     self._bytes -= len(gone)
         return True
+
+    def begin_write(self) -> None:
+        """A write transaction starts: refuse fills until the matching :meth:`end_write`."""
+        with self._lock:
+            self._writing += 1
+            self._gen += 1
+
+    def end_write(self, keys: Iterable[str], *, everything: bool = False) -> None:
+        """The write that :meth:`begin_write` announced committed (or failed): drop ``keys``
+        (or ``everything``) and bump the generation."""
+        with self._lock:
+            self._writing = max(0, self._writing - 1)
+            self._gen += 1
+            if everything:
+                self._map.clear()
+                self._bytes = 0
+                return
+            for k in keys:
+                gone = self._map.pop(k, _MISS)
+                if gone is not _MISS and gone is not None:
+                    self._bytes -= len(gone)  # type: ignore[arg-type]
 
     def invalidate(self, keys: Iterable[str]) -> None:
         """Drop ``keys`` and bump the generation (call after the write that touched them)."""

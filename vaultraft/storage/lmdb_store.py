@@ -14,15 +14,22 @@ import os
 import shutil
 import threading
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import lmdb
 
-from vaultraft.storage.batch import Batch, Op, OpKind
+from vaultraft.storage.batch import Batch, OpKind
 from vaultraft.storage.cache import ReadCache
 from vaultraft.storage.physical import ApplyResult
-from vaultraft.storage.wal import WalEntry, is_cluster_own
+from vaultraft.storage.lmdb_replica import (  # ReplicaState, WalRetention: re-exported
+    ReplicaMixin,
+    ReplicaState,  # noqa: F401
+    WalRetention,
+    _read_replica_state,
+    _shipped_form,
+    encode_index,
+)
+from vaultraft.storage.wal import WalEntry
 
 #: LMDB's compiled-in key limit (``mdb_env_get_maxkeysize``); the in-memory store mirrors it.
 STORE_MAX_KEY_BYTES = 511
@@ -30,11 +37,6 @@ STORE_MAX_KEY_BYTES = 511
 _DATA_DB = b"data"
 _META_DB = b"meta"
 _WAL_DB = b"wal"  # index(8) + leader ts_ms(8) -> WalEntry bytes
-_REPL_LINEAGE = b"repl_lineage"  # a secondary's position in its primary's log
-_REPL_REMOTE = b"repl_remote"
-_REPL_COMPLETE = b"repl_complete"
-#: WAL entries pruned at most per applied entry (amortizes pruning after a config change).
-_WAL_PRUNE_STEP = 64
 _APPLIED_KEY = b"applied_index"
 _APPLIED_TERM_KEY = b"applied_term"
 _REQ_PREFIX = b"req/"  # request_id -> index of the entry that applied it
@@ -60,29 +62,6 @@ def batch_error(batch: Batch, max_key_bytes: int = STORE_MAX_KEY_BYTES) -> str |
         if op.kind not in (OpKind.PUT, OpKind.DELETE):
             return f"operation {n}: unknown operation kind"
     return None
-
-
-def encode_index(index: int) -> bytes:
-    """The 8-byte big-endian form of a log index."""
-    return index.to_bytes(8, "big")
-
-
-@dataclass(frozen=True)
-class WalRetention:
-    """How much replication WAL a store keeps: entries within ``entries`` log indexes of the
-    newest and younger than ``age_ms`` by the leader's clock (0 entries: keep none)."""
-
-    entries: int = 100_000
-    age_ms: int = 3_600_000
-
-
-@dataclass(frozen=True)
-class ReplicaState:
-    """A secondary's persisted position in its primary's log."""
-
-    lineage: str = ""
-    remote_index: int = 0
-    complete: bool = False
 
 
 class RWLock:
@@ -123,7 +102,7 @@ class RWLock:
                 self._cond.notify_all()
 
 
-class LMDBStore:
+class LMDBStore(ReplicaMixin):
     """Synchronous ordered key/value store on one LMDB environment (the blocking core).
 
     Thread use: any number of reader threads and one writer thread at a time (LMDB's
@@ -257,6 +236,7 @@ class LMDBStore:
         """
         results: builtins.list[ApplyResult] = []
         applied = self._applied
+        self.cache.begin_write()
         try:
             with self._guard.shared(), self._env.begin(write=True) as txn:
                 for batch, index in batches:
@@ -271,7 +251,7 @@ class LMDBStore:
                 if applied != self._applied:
                     txn.put(_APPLIED_KEY, encode_index(applied), db=self._meta)
         finally:  # after the commit (or a failure): drop what may have changed, before publishing
-            self.cache.invalidate([op.key for batch, _ in batches for op in batch.ops])
+            self.cache.end_write([op.key for batch, _ in batches for op in batch.ops])
         self._applied = applied
         return results
 
@@ -313,6 +293,7 @@ class LMDBStore:
             return [ApplyResult(index) for _ in batches]
         results: builtins.list[ApplyResult] = []
         shipped: builtins.list[bytes] = []
+        self.cache.begin_write()
         try:
             with self._guard.shared(), self._env.begin(write=True) as txn:
                 for n, batch in enumerate(batches):
@@ -342,29 +323,12 @@ class LMDBStore:
                 txn.put(_APPLIED_KEY, encode_index(index), db=self._meta)
                 txn.put(_APPLIED_TERM_KEY, encode_index(term), db=self._meta)
         finally:  # after the commit (or a failure): drop what may have changed, before publishing
-            if batches:
-                self.cache.invalidate([op.key for batch in batches for op in batch.ops])
+            self.cache.end_write([op.key for batch in batches for op in batch.ops])
         self._applied = index
         self._applied_term = term
         if shipped:
             self._wal_last = index
         return results
-
-    def _prune_wal(self, txn: lmdb.Transaction, index: int, ts_ms: int) -> None:
-        """Drop a bounded number of the oldest WAL entries outside the retention window."""
-        keep = self.wal_retention
-        cur = txn.cursor(db=self._wal)
-        found = cur.first()
-        for _ in range(_WAL_PRUNE_STEP):
-            if not found:
-                self._wal_last = 0 if keep.entries <= 0 else self._wal_last
-                return
-            k = bytes(cur.key())
-            idx, ts = int.from_bytes(k[:8], "big"), int.from_bytes(k[8:16], "big")
-            too_old = ts_ms > 0 and ts + keep.age_ms < ts_ms
-            if not (keep.entries <= 0 or idx <= index - keep.entries or too_old):
-                return
-            found = cur.delete()
 
     def _prune_request_ids(self, txn: lmdb.Transaction, index: int) -> None:
         horizon = index - REQUEST_ID_WINDOW
@@ -385,148 +349,6 @@ class LMDBStore:
     def applied_term(self) -> int:
         """The Raft term of the last applied entry (0 when written without Raft)."""
         return self._applied_term
-
-    # -- replication (secondary side) ----------------------------------------------------
-
-    def replica_state(self) -> ReplicaState:
-        """This store's position in a primary's log (defaults when never a secondary)."""
-        return self._replica
-
-    def apply_remote(self, index: int, term: int, op: str, *, lineage: str, remote: int,
-                     items: Sequence[tuple[str, bytes]] = (), wal: Sequence[WalEntry] = (),
-                     keep: Sequence[str] = ()) -> tuple[str | None, builtins.list[str]]:
-        """Apply one replication command as local log entry ``index``; returns (error, keys
-        changed). ``op`` is "reset" (drop every key but cluster-own ones and those under the
-        ``keep`` prefixes, drop the WAL, start
-        an incomplete sync of ``lineage`` at ``remote``), "put" (store ``items`` verbatim),
-        "end" (the sync of ``lineage`` is complete at ``remote``) or "wal" (apply ``wal``
-        entries above the stored remote index; refused unless the stored lineage matches and
-        is complete). Deterministic; cluster-own keys are never written. Raises only for
-        infrastructure faults.
-        """
-        if index <= self._applied:
-            return None, []
-        state, err, keys = self._replica, None, []
-        try:
-            with self._guard.shared(), self._env.begin(write=True) as txn:
-                if op == "reset":
-                    keys = self._drop_replicated(txn, tuple(keep))
-                    txn.drop(self._wal, delete=False)
-                    state = ReplicaState(lineage, remote, False)
-                elif op == "put":
-                    for k, v in items:
-                        if not is_cluster_own(k) and len(k.encode()) <= self._max_key:
-                            txn.put(k.encode(), v, db=self._data)
-                            keys.append(k)
-                elif op == "end":
-                    state = ReplicaState(lineage, remote, True)
-                elif op == "wal":
-                    if state.lineage != lineage or not state.complete:
-                        err = "replication stream does not continue the stored position"
-                    else:
-                        err, keys, state = self._apply_wal(txn, state, wal)
-                else:
-                    err = f"unknown replication operation {op!r}"
-                if state != self._replica:
-                    txn.put(_REPL_LINEAGE, state.lineage.encode(), db=self._meta)
-                    txn.put(_REPL_REMOTE, encode_index(state.remote_index), db=self._meta)
-                    txn.put(_REPL_COMPLETE, b"\x01" if state.complete else b"\x00", db=self._meta)
-                txn.put(_APPLIED_KEY, encode_index(index), db=self._meta)
-                txn.put(_APPLIED_TERM_KEY, encode_index(term), db=self._meta)
-        finally:
-            if op == "reset":
-                self.cache.clear()
-            elif keys:
-                self.cache.invalidate(keys)
-        self._applied, self._applied_term, self._replica = index, term, state
-        if op == "reset":
-            self._wal_last = 0
-        return err, keys
-
-    def _drop_replicated(self, txn: lmdb.Transaction, keep: tuple[str, ...]) -> builtins.list[str]:
-        dropped: builtins.list[str] = []
-        cur = txn.cursor(db=self._data)
-        found = cur.first()
-        while found:
-            k = bytes(cur.key()).decode("utf-8")
-            if is_cluster_own(k) or (keep and k.startswith(keep)):
-                found = cur.next()
-            else:
-                dropped.append(k)
-                found = cur.delete()
-        return dropped
-
-    def _apply_wal(self, txn: lmdb.Transaction, state: ReplicaState,
-                   wal: Sequence[WalEntry]) -> tuple[str | None, builtins.list[str], ReplicaState]:
-        keys: builtins.list[str] = []
-        remote = state.remote_index
-        for entry in wal:
-            if entry.index <= remote:
-                continue
-            for raw in entry.batches:
-                try:
-                    batch = Batch.decode(raw)
-                except ValueError:
-                    return "undecodable shipped batch", keys, ReplicaState(state.lineage, remote, True)
-                ops = tuple(o for o in batch.ops if not is_cluster_own(o.key))
-                if ops and batch_error(Batch(ops), self._max_key) is None:
-                    self._apply_nested(txn, Batch(ops))
-                    keys.extend(o.key for o in ops)
-            remote = entry.index
-        return None, keys, ReplicaState(state.lineage, remote, True)
-
-    # -- replication (primary side) ------------------------------------------------------
-
-    def wal_last(self) -> int:
-        """The index of the newest WAL entry (0 if none); cheap, no transaction."""
-        return self._wal_last
-
-    def wal_bounds(self) -> tuple[int, int]:
-        """(first, last) retained WAL index. With nothing retained: (applied + 1, applied),
-        so only a secondary that already holds everything may stream (0, 0 on a new store)."""
-        empty = (self._applied + 1, self._applied) if self._applied else (0, 0)
-        if not self._wal_last:
-            return empty
-        with self._guard.shared(), self._env.begin(db=self._wal) as txn:
-            cur = txn.cursor()
-            if not cur.first():
-                return empty
-            first = int.from_bytes(bytes(cur.key())[:8], "big")
-            cur.last()
-            return first, int.from_bytes(bytes(cur.key())[:8], "big")
-
-    def read_wal(self, after: int, max_entries: int, max_bytes: int) -> builtins.list[WalEntry]:
-        """Retained WAL entries with index > ``after`` in order (at least one if any exists,
-        then up to ``max_entries`` / about ``max_bytes``)."""
-        out: builtins.list[WalEntry] = []
-        size = 0
-        with self._guard.shared(), self._env.begin(db=self._wal) as txn:
-            cur = txn.cursor()
-            found = cur.set_range(encode_index(after + 1))
-            while found and len(out) < max_entries and (not out or size < max_bytes):
-                raw = bytes(cur.value())
-                out.append(WalEntry.decode(raw))
-                size += len(raw)
-                found = cur.next()
-        return out
-
-    @contextmanager
-    def replicated_items(self, keep: Callable[[str], bool]) -> Iterator[tuple[int, Iterator[tuple[str, bytes]]]]:
-        """One consistent read: (applied index, iterator of the (key, value) pairs, in key
-        order, that are not cluster-own and for which ``keep(key)``). Use the iterator only
-        inside the ``with`` block, from one thread at a time; a long read delays a map
-        resize (``grow``) until it ends."""
-        with self._guard.shared(), self._env.begin() as txn:
-            raw = txn.get(_APPLIED_KEY, db=self._meta)
-            index = 0 if raw is None else int.from_bytes(raw, "big")
-
-            def items() -> Iterator[tuple[str, bytes]]:
-                for k, v in txn.cursor(db=self._data):
-                    key = bytes(k).decode("utf-8")
-                    if not is_cluster_own(key) and keep(key):
-                        yield key, bytes(v)
-
-            yield index, items()
 
     # -- maintenance ---------------------------------------------------------------------
 
@@ -589,21 +411,3 @@ class LMDBStore:
             self._env.close()
             self.cache.clear()
 
-
-def _shipped_form(batch: Batch, raw: bytes | None) -> bytes | None:
-    """The bytes a WAL records for an applied batch: without cluster-own ops (None if
-    nothing is left), reusing ``raw`` when nothing had to be dropped."""
-    if not any(is_cluster_own(o.key) for o in batch.ops):
-        return raw if raw is not None else batch.encode()
-    ops: tuple[Op, ...] = tuple(o for o in batch.ops if not is_cluster_own(o.key))
-    return Batch(ops, batch.request_id).encode() if ops else None
-
-
-def _read_replica_state(txn: lmdb.Transaction, meta: lmdb._Database) -> ReplicaState:
-    lineage = txn.get(_REPL_LINEAGE, db=meta)
-    if lineage is None:
-        return ReplicaState()
-    remote = txn.get(_REPL_REMOTE, db=meta)
-    complete = txn.get(_REPL_COMPLETE, db=meta)
-    return ReplicaState(bytes(lineage).decode("utf-8"), 0 if remote is None else int.from_bytes(remote, "big"),
-                        complete == b"\x01")

@@ -15,12 +15,13 @@ import structlog
 
 from vaultraft import VAULT_COMPAT_VERSION
 from vaultraft.audit import AuditBroker
-from vaultraft.barrier import KEYRING_PATH, Barrier, BarrierInvalidKey, ReplicatedReadOnly
+from vaultraft.barrier import KEYRING_PATH, Barrier, ReplicatedReadOnly
 from vaultraft.core.audit_table import AuditTable
 from vaultraft.core import raft_ops
 from vaultraft.core.cluster import LEADER_KEY, ROLE_POLL, ClusterLink, LeaderInfo
 from vaultraft.core.raft_join import ChallengeIssuer, Joiner
 from vaultraft.core.replication.manager import ReplicationManager
+from vaultraft.core.replication.roles import ReplicationRoles
 from vaultraft.core.mounts import MountEntry, MountTable, Route, Router, new_entry
 from vaultraft.core.policy_store import PolicyStore
 from vaultraft.core.seal_manager import SealManager
@@ -102,7 +103,7 @@ class _Unsealed:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-class Core:
+class Core(ReplicationRoles):
     """One node's core. Every public coroutine is safe to call concurrently."""
 
     def __init__(self, physical: Physical, settings: CoreSettings) -> None:
@@ -329,23 +330,6 @@ class Core:
             self.replication.fencing.check_writes()  # never acknowledge once the lease may have ended
         return resp
 
-    async def handle_forwarded(self, req: Request, caller: Any) -> Response | None:
-        """A performance secondary's forwarded write, run here (the primary's active node)
-        as the caller it authenticated, under the same lease and sync rules as any write."""
-        from vaultraft.core.pipeline import handle_request
-
-        if self._u is None:
-            raise Sealed()
-        if not self.active:
-            info = await self.leader_info()
-            raise NotLeader(info.api_addr if info else None)
-        self.replication.fencing.check_writes()
-        resp = await handle_request(self, req, forwarded=caller)
-        if self.settings.dr_sync:
-            await self.replication.wait_if_sync(self.settings.dr_sync_timeout)
-        self.replication.fencing.check_writes()
-        return resp
-
     async def _wait_for_index(self, req: Request) -> None:
         """Read-after-write: wait until this node applied the client's X-Vault-Index."""
         raw = req.headers.get("x-vault-index")
@@ -359,21 +343,6 @@ class Core:
         if wait is not None and not await wait(want, INDEX_WAIT):
             raise PreconditionFailed(f"this node has not yet applied index {want}; retry or "
                                      "send X-Vault-Inconsistent: forward-active-node")
-
-    def local_prefixes(self) -> tuple[str, ...]:
-        """Storage prefixes of this cluster's local state (never shipped to a performance
-        secondary, kept by one across a resync): tokens, local tables, local mounts."""
-        prefixes = ["sys/token/", "core/local-"]
-        u = self._u
-        if u is not None:
-            for entry in u.mounts.entries.values():
-                if entry.local or entry.type == "cubbyhole":
-                    prefixes.append(f"logical/{entry.uuid}/")
-        return tuple(prefixes)
-
-    def is_local_key(self, key: str) -> bool:
-        """Whether the physical ``key`` is local state (see :meth:`local_prefixes`)."""
-        return key.startswith(self.local_prefixes())
 
     def _serves_locally(self, req: Request) -> bool:
         """A performance standby answers reads from its own copy of the state."""
@@ -422,45 +391,6 @@ class Core:
                     self.unsealed.policies.invalidate()
             except Exception as e:  # a failed refresh is retried by the next change
                 log.warning("standby_invalidation_failed", error=type(e).__name__)
-
-    async def _follow_keyring(self) -> bool:
-        """A standby after the keyring changed: reload it. When this node's root key no longer
-        opens it (the cluster was activated as a replication secondary and now runs on its
-        primary's keys), seal but stay in consensus, so an operator unseals it with the
-        primary's keys. A keyring missing for a moment (a bulk sync replacing it) is waited
-        out. False when the keyring could not be loaded."""
-        try:
-            await self.barrier.reload_keyring()
-            return True
-        except BarrierInvalidKey:
-            log.warning("keyring_unreadable_sealing")
-            if self._self_seal is None or self._self_seal.done():
-                self._self_seal = asyncio.get_running_loop().create_task(self.seal(keep_consensus=True),
-                                                                         name="self_seal")
-            return False
-        except Exception as e:
-            log.info("keyring_reload_deferred", error=type(e).__name__)
-            return False
-
-    async def enter_dr_secondary(self) -> None:
-        """Stop serving clients: this cluster now only follows a DR primary."""
-        u = self.unsealed
-        if u.tidy_task is not None:
-            await _cancel(u.tidy_task)
-            u.tidy_task = None
-        self.router.clear()
-        self.audit.close()
-
-    async def leave_dr_secondary(self) -> None:
-        """Serve clients again from the replicated data (promotion or disable)."""
-        await self.barrier.reload_keyring()
-        u, fresh = self.unsealed, await self._new_unsealed()
-        u.cluster_id, u.cluster_name, u.mounts, u.auth = fresh.cluster_id, fresh.cluster_name, fresh.mounts, fresh.auth
-        u.policies, u.tokens, u.audit_table = fresh.policies, fresh.tokens, fresh.audit_table
-        u.extra.clear()
-        await self._load_tables(create=False)
-        if u.tidy_task is None and self._active:
-            u.tidy_task = asyncio.get_running_loop().create_task(self._tidy_loop(), name="token_tidy")
 
     def ha_role(self) -> str:
         """"active", "perf_standby", "standby" or "dr_secondary" (and "sealed")."""

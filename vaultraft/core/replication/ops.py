@@ -11,17 +11,15 @@ from __future__ import annotations
 import base64
 import hashlib
 import secrets
-import ssl
 import time
 import uuid
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-import aiohttp
 import msgpack
 import structlog
 
-from vaultraft.core.replication.manager import PendingActivation, ReplicationManager
+from vaultraft.core.replication.manager import ReplicationManager
 from vaultraft.core.replication.records import (
     ReplicationRecord,
     SecondaryEntry,
@@ -34,12 +32,8 @@ from vaultraft.raft.tls import ClusterCA
 from vaultraft.replication.activation import (
     ActivationToken,
     BundleError,
-    TokenError,
-    generate_bundle_keypair,
-    open_bundle,
     seal_bundle,
 )
-from vaultraft.storage.wal import CLUSTER_OWN_PREFIXES
 
 if TYPE_CHECKING:
     from vaultraft.core.core import Core

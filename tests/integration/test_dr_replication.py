@@ -80,6 +80,7 @@ def test_activate_and_stream(pair: Pair) -> None:
     st = dr_status(p)
     assert st["mode"] == "primary" and st["known_secondaries"] == ["dr-one"]
     assert st["secondaries"][0]["connection_status"] == "connected"
+    assert st["secondaries"][0]["api_address"] == node(s).addr
     sst = dr_status(s)
     assert sst["mode"] == "secondary" and sst["secondary_id"] == "dr-one" and sst["primaries"]
 

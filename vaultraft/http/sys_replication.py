@@ -62,7 +62,8 @@ def _warnings(warnings: list[str]) -> dict[str, Any]:
 async def activate(core: Core, method: str, body: dict[str, Any]) -> tuple[int, Any]:
     """The primary's side of a secondary's activation (one-time secret from the token)."""
     _post(method)
-    return 200, {"data": await ops.activate(core, _str(body, "id"), _str(body, "secret"), _str(body, "public_key"))}
+    return 200, {"data": await ops.activate(core, _str(body, "id"), _str(body, "secret"), _str(body, "public_key"),
+                                            _str(body, "api_addr"))}
 
 
 async def forward(core: Core, method: str, body: dict[str, Any]) -> tuple[int, Any]:

@@ -179,7 +179,8 @@ async def _bundle(core: "Core", rec: ReplicationRecord, secondary_id: str, publi
         raise InvalidRequest(f"invalid secondary_public_key: {e}") from None
 
 
-async def activate(core: "Core", secondary_id: str, secret_b64: str, public_key: str) -> dict[str, Any]:
+async def activate(core: "Core", secondary_id: str, secret_b64: str, public_key: str,
+                   api_addr: str = "") -> dict[str, Any]:
     """The internal call a secondary makes with its one-time token: consume the token and
     return the activation bundle encrypted to the secondary's fresh ``public_key``."""
     m = await _active_manager(core)
@@ -194,7 +195,7 @@ async def activate(core: "Core", secondary_id: str, secret_b64: str, public_key:
         if time.time() > entry.expires_at:
             raise InvalidRequest("activation token has expired")
         bundle = await _bundle(core, rec, secondary_id, public_key)
-        rec = rec.with_secondary(replace(entry, activated=True))
+        rec = rec.with_secondary(replace(entry, activated=True, api_address=api_addr[:512]))
         await save_record(m._view(), rec)
         m.set_record(kind, rec)
         log.info("replication_secondary_activating", kind=kind, secondary_id=secondary_id)

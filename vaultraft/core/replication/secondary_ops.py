@@ -56,9 +56,11 @@ async def _post_json(url: str, body: dict[str, Any], ca_file: str, timeout: floa
             return r.status, await r.json(content_type=None)
 
 
-async def _fetch_bundle(token: ActivationToken, api_addr: str, ca_file: str, public_key: str) -> bytes:
+async def _fetch_bundle(token: ActivationToken, api_addr: str, ca_file: str, public_key: str,
+                        own_api_addr: str = "") -> bytes:
     url = api_addr.rstrip("/") + "/v1/sys/replication/internal/activate"
-    body = {"id": token.secondary_id, "secret": base64.b64encode(token.secret).decode(), "public_key": public_key}
+    body = {"id": token.secondary_id, "secret": base64.b64encode(token.secret).decode(), "public_key": public_key,
+            "api_addr": own_api_addr}
     try:
         status, data = await _post_json(url, body, ca_file, ACTIVATE_TIMEOUT)
     except (aiohttp.ClientError, TimeoutError, ValueError) as e:
@@ -120,7 +122,8 @@ async def activate_secondary(core: "Core", token_str: str, primary_api_addr: str
         m.bundle_private_key = None  # one activation per generated key pair
     else:
         priv, pub = generate_bundle_keypair()
-        blob = await _fetch_bundle(token, primary_api_addr or token.primary_api_addr, ca_file, pub)
+        blob = await _fetch_bundle(token, primary_api_addr or token.primary_api_addr, ca_file, pub,
+                                   core.settings.api_addr)
     try:
         b: dict[str, Any] = msgpack.unpackb(open_bundle(priv, blob, _context(token.secondary_id)), raw=False)
         root_key = bytes(b["root_key"])

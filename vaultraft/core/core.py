@@ -52,6 +52,7 @@ INDEX_WAIT = 2.0
 _TABLE_KEYS = ("core/mounts", "core/local-mounts", "core/auth", "core/local-auth", "core/audit", "core/local-audit")
 _WATCHED = ("core/", "sys/policy/")
 _SEAL_RECORDS = ("core/seal-config", "core/recovery-config")
+_LOCAL_TABLES = ("core/local-", "core/replication/", "core/raft/", "core/leader")
 TIDY_INTERVAL = 30.0
 DR_PATH_DISABLED = "path disabled in replication DR secondary mode"
 
@@ -363,6 +364,10 @@ class Core(ReplicationRoles):
                                              and not self.replication.perf_secondary):
             return
         watched = [k for k in keys if k.startswith(_WATCHED)]
+        if self._active:
+            # an active secondary follows what its primary ships; its own writes of local
+            # tables are already in memory (reloading them would race requests)
+            watched = [k for k in watched if not k.startswith(_LOCAL_TABLES)]
         if watched:
             loop.call_soon_threadsafe(queue.put_nowait, watched)
 
@@ -460,7 +465,6 @@ class Core(ReplicationRoles):
         from vaultraft.core.sys import build_sys_backend
 
         u = self.unsealed
-        self.router.clear()
         self.audit.close()
         u.policies.invalidate()
         if not await u.mounts.load() and create:
@@ -473,6 +477,8 @@ class Core(ReplicationRoles):
         if create:
             await u.policies.setup()
         await u.audit_table.load()
+        # no await from here on: requests never see a half-built router
+        self.router.clear()
         self.router.mount(Route("sys/", u.mounts.entries["sys/"], build_sys_backend(self), None))
         for entry in u.mounts.entries.values():
             if entry.type != "system":

@@ -85,11 +85,18 @@ def wait_for(what: str, check: Callable[[], T | None], timeout: float, interval:
 # ---- primary side -------------------------------------------------------------------------------
 
 
-def enable_primary(node: Node, token: str) -> None:
-    """Make ``node``'s cluster a DR primary (no-op when it already is one)."""
+def enable_primary(node: Node, token: str, primary_cluster_addr: str = "") -> None:
+    """Make ``node``'s cluster a DR primary (no-op when it already is one); secondaries dial
+    ``primary_cluster_addr`` when given (e.g. a proxy in front of the replication ports)."""
     if dr_status(node).get("mode") == "primary":
         return
-    call(node, "PUT", "sys/replication/dr/primary/enable", {}, token)
+    body = {"primary_cluster_addr": primary_cluster_addr} if primary_cluster_addr else {}
+    call(node, "PUT", "sys/replication/dr/primary/enable", body, token)
+
+
+def disable_primary(node: Node, token: str) -> None:
+    """Stop being a DR primary (its secondaries lose their stream; the epoch is kept)."""
+    call(node, "PUT", "sys/replication/dr/primary/disable", {}, token)
 
 
 def secondary_token(node: Node, token: str, secondary_id: str, ttl: str = "30m") -> str:

@@ -3,6 +3,8 @@
 ``cut()`` drops every open connection and refuses (closes at once) new ones — a network
 partition as both ends see it (the peer disappears, reconnects fail); ``heal()`` restores
 forwarding. Runs its own thread; bytes are forwarded untouched (TLS passes through).
+With ``resolve``, the upstream is chosen per connection (e.g. whichever node of a cluster
+is active now, as a TCP load balancer in front of a cluster's replication ports would).
 """
 
 from __future__ import annotations
@@ -10,16 +12,19 @@ from __future__ import annotations
 import selectors
 import socket
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 
 @dataclass
 class FaultProxy:
-    """Forward 127.0.0.1:``port`` to ``target_host``:``target_port``."""
+    """Forward 127.0.0.1:``port`` to ``target_host``:``target_port`` (or to what ``resolve``
+    returns for each new connection; None from it refuses the connection)."""
 
     target_host: str
     target_port: int
     port: int = 0
+    resolve: Callable[[], tuple[str, int] | None] | None = None
     _cut: threading.Event = field(default_factory=threading.Event)
     _stop: threading.Event = field(default_factory=threading.Event)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -55,6 +60,11 @@ class FaultProxy:
         """Forward again."""
         self._cut.clear()
 
+    @property
+    def is_cut(self) -> bool:
+        """Whether the proxy is cut (refusing connections)."""
+        return self._cut.is_set()
+
     def stop(self) -> None:
         """Close everything and end the thread."""
         self._stop.set()
@@ -73,8 +83,12 @@ class FaultProxy:
             if self._cut.is_set():
                 client.close()
                 continue
+            target = self.resolve() if self.resolve is not None else (self.target_host, self.target_port)
+            if target is None:
+                client.close()
+                continue
             try:
-                upstream = socket.create_connection((self.target_host, self.target_port), timeout=2)
+                upstream = socket.create_connection(target, timeout=2)
             except OSError:
                 client.close()
                 continue

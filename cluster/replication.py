@@ -125,6 +125,12 @@ class ReplicatedClusters:
         self.sites = sites
         #: Workarounds applied for server misbehaviour (also announced through ``progress``).
         self.notes: list[str] = []
+        #: Site name → the ``primary_cluster_addr`` it advertises while it is the DR primary
+        #: (a fault proxy in front of its replication ports; none: its nodes' own addresses).
+        self.advertise: dict[str, str] = {}
+        #: Called by :meth:`fail_back` with the stale primary once it runs and is unsealed,
+        #: before it is demoted (e.g. to drop a performance primary role it also holds).
+        self.before_demote: Callable[[Site], None] | None = None
         self.size = self.sites["primary"].cluster.size
 
     # ---- persistence -------------------------------------------------------------------------
@@ -337,7 +343,7 @@ class ReplicatedClusters:
         if prim.role == "none":
             act = self.wait_serving(prim)
             self.progress(f"enabling DR replication as primary on the primary site ({act.addr})")
-            dr_api.enable_primary(act, self.root_token)
+            dr_api.enable_primary(act, self.root_token, self.advertise.get(prim.name, ""))
             prim.role = "primary"
             self._save()
         if dr.role == "none":
@@ -355,12 +361,15 @@ class ReplicatedClusters:
         self._arm_keys(site)
         if site.role == "secondary":
             self._converge(site, None, timeout)  # unseals, and repairs followers a bulk sync broke
+        elif site.role == "stale-primary":  # with fencing it may demote itself (472) once unsealed
+            c.unseal_all()
+            self.active_node(site, timeout)
+            if warn_stale:
+                self.progress(f"warning: the {site.name} site is a stale primary (its secondary was promoted); "
+                              "run `dr fail-back` before using it")
         else:
             c.unseal_all()
             self.wait_serving(site, timeout)
-            if site.role == "stale-primary" and warn_stale:
-                self.progress(f"warning: the {site.name} site is a stale primary (its secondary was promoted); "
-                              "run `dr fail-back` before using it")
         c.save_state()
 
     def _activate(self, sec: Site, prim: Site, timeout: float) -> None:
@@ -399,6 +408,16 @@ class ReplicatedClusters:
             self.wait_serving(sec, timeout)
         return act
 
+    def promoted(self, site: Site | str) -> None:
+        """Record that the DR secondary ``site`` promoted itself (automatic promotion): it is
+        the DR primary now, and its peer a stale primary."""
+        sec = self.site(site)
+        old = self.peer(sec)
+        sec.role, sec.secondary_id = "primary", None
+        if old.role == "primary":
+            old.role = "stale-primary"
+        self._save()
+
     def fail_back(self, timeout: float = 120.0) -> dict[str, float]:
         """Make the stale primary a DR secondary of the promoted site and wait until it caught up.
 
@@ -416,18 +435,23 @@ class ReplicatedClusters:
         t0 = time.monotonic()
         if self.heal_site(old):
             self.progress(f"removed the {old.name} site's partition rules")
-        self.progress(f"restarting and unsealing the {old.name} site (it still believes it is the primary)")
+        self.progress(f"restarting and unsealing the {old.name} site (it may still believe it is the primary)")
         self._resume(old, timeout, warn_stale=False)
-        act = self.wait_serving(old, timeout)
+        if self.before_demote is not None:
+            self.before_demote(old)
         t["restart_s"] = time.monotonic() - t0
         t1 = time.monotonic()
-        self.progress(f"demoting the {old.name} site ({act.addr})")
-        dr_api.demote(act, self.root_token)
-        node = dr_api.wait_for(f"the {old.name} site to answer 472",
-                               lambda: next((n for n in old.cluster.nodes if n.alive() and dr_api.is_self_active(n)
-                                             and dr_api.health(n) == HEALTH_DR_SECONDARY), None), timeout)
+        node = self._demote_stale(old, timeout)
         t["demote_s"] = time.monotonic() - t1
         t2 = time.monotonic()
+        addr = self.advertise.get(new.name, "")
+        n_act = self.active_node(new)
+        if addr and dr_api.dr_status(n_act).get("primary_cluster_addr") != addr:
+            # an automatic promotion advertises the nodes' own addresses: re-enable the DR
+            # primary role (the epoch is kept) so its secondaries dial its proxy
+            self.progress(f"re-enabling the DR primary on the {new.name} site with primary_cluster_addr {addr}")
+            dr_api.disable_primary(n_act, self.root_token)
+            dr_api.enable_primary(n_act, self.root_token, addr)
         sid = f"{old.name}-{uuid.uuid4().hex[:6]}"
         self.progress(f"issuing a DR secondary token for id {sid} on the new primary, {new.name} site")
         token = dr_api.secondary_token(self.active_node(new), self.root_token, sid)
@@ -444,6 +468,25 @@ class ReplicatedClusters:
         t["catch_up_s"] = caught_up - t3
         t["fail_back_s"] = time.monotonic() - t0
         return t
+
+    def _demote_stale(self, old: Site, timeout: float) -> ClusterNode:
+        """Demote the stale primary ``old`` unless it did so itself (fencing: it met the newer
+        epoch); its active node once it answers 472."""
+        end = time.monotonic() + timeout
+        while True:
+            act = self.active_node(old, max(1.0, end - time.monotonic()))
+            code = dr_api.health(act)
+            if code == HEALTH_DR_SECONDARY:
+                return act
+            if code == HEALTH_ACTIVE:
+                self.progress(f"demoting the {old.name} site ({act.addr})")
+                try:
+                    dr_api.demote(act, self.root_token)
+                except dr_api.DRError as e:  # it may have demoted itself meanwhile
+                    self.progress(f"demote: {e}")
+            if time.monotonic() > end:
+                raise TimeoutError(f"the {old.name} site did not answer 472 within {timeout:.0f}s (health {code})")
+            time.sleep(0.2)
 
     @staticmethod
     def down_partial(workdir: Path, purge: bool = False) -> int:

@@ -15,7 +15,7 @@ import structlog
 
 from vaultraft import VAULT_COMPAT_VERSION
 from vaultraft.audit import AuditBroker
-from vaultraft.barrier import KEYRING_PATH, Barrier, ReplicatedReadOnly
+from vaultraft.barrier import KEYRING_PATH, Barrier, BarrierDecryptError, ReplicatedReadOnly
 from vaultraft.core.audit_table import AuditTable
 from vaultraft.core import raft_ops
 from vaultraft.core.cluster import LEADER_KEY, ROLE_POLL, ClusterLink, LeaderInfo
@@ -265,16 +265,28 @@ class Core(ReplicationRoles):
     async def _unseal_with(self, root_key: bytes) -> None:
         await self.barrier.unseal(root_key)
         try:
+            await self._start_unsealed()
+        except BarrierDecryptError:
+            # e.g. a standby of a new replication secondary that has not caught up with the
+            # entries its active node re-encrypted under the primary's keys
+            raise InvalidRequest("this node's stored state cannot be read with these keys yet; "
+                                 "it may still be catching up with its cluster: retry shortly") from None
+        self.seals.start_health_monitor(self.seal)  # issue 4: seal when the HSM goes away
+        log.info("core_unsealed")
+
+    async def _start_unsealed(self) -> None:
+        raft = self.cluster.raft
+        in_consensus = raft is not None and raft.running  # sealed but kept in its group
+        try:
             await self.cluster.start_after_unseal(BarrierView(self.barrier, "core/", local=False))
             await self._setup(first_time=False)
             await self.seals.after_unseal()  # issue 4: pending seal migration, HSM key re-wrap
         except BaseException:
             await self._teardown()
             self.barrier.seal()
-            await self.cluster.stop()
+            if not in_consensus:  # a node kept in consensus goes on catching up
+                await self.cluster.stop()
             raise
-        self.seals.start_health_monitor(self.seal)  # issue 4: seal when the HSM goes away
-        log.info("core_unsealed")
 
     async def seal(self, *, keep_consensus: bool = False) -> None:
         """Seal: stop background work, forget routes and keys. ``keep_consensus`` keeps this
@@ -524,7 +536,8 @@ class Core(ReplicationRoles):
         if self.cluster.enabled:
             await self.barrier.reload_keyring()
         if not dr_secondary:  # a DR secondary writes nothing but its own records
-            await self._load_tables(create=True)
+            # a performance secondary's replicated tables belong to its primary: never create them
+            await self._load_tables(create=not self.replication.perf_secondary)
         raft = self.cluster.raft
         if raft is not None and u.sys_view is not None:
             info = LeaderInfo(self.settings.api_addr, self.settings.cluster_addr, raft.node_id,
@@ -622,7 +635,8 @@ class Core(ReplicationRoles):
                     log.info("expired_tokens_revoked", count=n)
                 from vaultraft.core.sys.keys import maybe_auto_rotate
 
-                await maybe_auto_rotate(self)
+                if not self.replication.perf_secondary:  # the keyring is the primary's to rotate
+                    await maybe_auto_rotate(self)
             except Exception as e:  # a failed tidy must not kill the node
                 log.warning("token_tidy_failed", error=type(e).__name__)
 

@@ -226,6 +226,13 @@ async def demote_primary(core: "Core", kind: str = "dr") -> list[str]:
     demoted = ReplicationRecord(kind=kind, mode="secondary", cluster_id=rec.cluster_id, epoch=rec.epoch)
     await save_record(m._view(), demoted)
     m.set_record(kind, demoted)
+    perf = m.perf
+    if kind == "dr" and perf is not None and perf.mode == "primary":
+        # its performance secondaries follow whichever cluster is the primary now: they
+        # need a token from it (update-primary); this cluster stops serving them
+        await delete_record(m._view(), "performance")
+        m.set_record("performance", None)
+        log.info("replication_performance_primary_disabled_by_demotion")
     if kind == "dr":
         await core.enter_dr_secondary()
     m.poke()

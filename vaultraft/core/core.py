@@ -22,6 +22,7 @@ from vaultraft.core.cluster import LEADER_KEY, ROLE_POLL, ClusterLink, LeaderInf
 from vaultraft.core.raft_join import ChallengeIssuer, Joiner
 from vaultraft.core.replication.manager import ReplicationManager
 from vaultraft.core.replication.roles import ReplicationRoles
+from vaultraft.core.tasks import cancel_and_wait as _cancel
 from vaultraft.core.mounts import MountEntry, MountTable, Route, Router, new_entry
 from vaultraft.core.policy_store import PolicyStore
 from vaultraft.core.seal_manager import SealManager
@@ -639,15 +640,3 @@ class Core(ReplicationRoles):
                     await maybe_auto_rotate(self)
             except Exception as e:  # a failed tidy must not kill the node
                 log.warning("token_tidy_failed", error=type(e).__name__)
-
-
-async def _cancel(task: "asyncio.Task[None]") -> None:
-    """Cancel ``task`` and wait for it to finish; its own failure is logged, not raised
-    (a background task that died must not stop a seal or a shutdown halfway)."""
-    task.cancel()
-    try:
-        await task
-    except asyncio.CancelledError:
-        pass
-    except Exception as e:
-        log.error("background_task_failed", task=task.get_name(), error=type(e).__name__)

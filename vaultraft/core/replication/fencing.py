@@ -26,9 +26,16 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from vaultraft.core.tasks import cancel_and_wait
 from vaultraft.logical import Unavailable
 from vaultraft.raft.tls import NodeCert
-from vaultraft.replication.fence import LeaseHolder, LeaseVoter, LocalVoter, StreamVoter, request_promotion
+from vaultraft.replication.fence import (
+    LeaseHolder,
+    LeaseVoter,
+    LocalVoter,
+    StreamVoter,
+    request_promotion,
+)
 from vaultraft.replication.witness import WitnessClient
 
 if TYPE_CHECKING:
@@ -107,14 +114,7 @@ class Fencing:
         """Stop renewing (writes are refused until a holder is valid again)."""
         task, self._holder_task = self._holder_task, None
         self.holder, self._holder_key = None, None
-        if task is not None:
-            task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
-            except Exception as e:
-                log.warning("replication_lease_holder_failed", error=type(e).__name__)
+        await cancel_and_wait(task)
 
     def fenced_epoch(self) -> int | None:
         """A newer epoch some voter reported (this primary must step down), or None."""

@@ -22,8 +22,14 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from vaultraft.core.key_ops import KeyOps
+from vaultraft.core.replication.records import (
+    ReplicationRecord,
+    SecondaryEntry,
+    load_record,
+    save_record,
+)
+from vaultraft.core.tasks import cancel_and_wait
 from vaultraft.core.tokens.entry import new_token_id
-from vaultraft.core.replication.records import ReplicationRecord, SecondaryEntry, load_record, save_record
 from vaultraft.logical import InvalidRequest, Unavailable
 from vaultraft.raft.replica import RaftReplicaSink, RaftWalSource
 from vaultraft.raft.tls import ClusterCA, NodeCert, address_ips
@@ -327,12 +333,7 @@ class ReplicationManager:
     async def close(self) -> None:
         """At seal: stop the server, the client and the loop."""
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
+        await cancel_and_wait(task)
         await self.fencing.close()
         await self._stop_client()
         await self._stop_server()
@@ -446,14 +447,7 @@ class ReplicationManager:
     async def _stop_client(self) -> None:
         task, self._client_task = self._client_task, None
         self.client, self._client_key = None, None
-        if task is not None:
-            task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
-            except Exception as e:
-                log.warning("replication_client_failed", error=type(e).__name__)
+        await cancel_and_wait(task)
 
     # ---- secondary activation ---------------------------------------------------------------
 

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from vaultraft.barrier import BarrierInvalidKey
+from vaultraft.core.tasks import cancel_and_wait
 from vaultraft.logical import NotLeader, Request, Response, Sealed
 
 if TYPE_CHECKING:
@@ -45,9 +46,7 @@ class ReplicationRoles:
         """Stop serving clients: this cluster now only follows a DR primary."""
         u = self.unsealed
         if u.tidy_task is not None:
-            from vaultraft.core.core import _cancel
-
-            await _cancel(u.tidy_task)
+            await cancel_and_wait(u.tidy_task)
             u.tidy_task = None
         self.router.clear()
         self.audit.close()

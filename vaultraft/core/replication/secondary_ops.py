@@ -22,9 +22,25 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from vaultraft.core.replication.manager import PendingActivation, ReplicationManager
-from vaultraft.core.replication.ops import ENABLE_WARNING, _active_manager, _context, _kind, _require_raft
-from vaultraft.core.replication.records import ReplicationRecord, delete_record, save_record
-from vaultraft.logical import InvalidRequest, PermissionDenied, Request, Response, Unavailable
+from vaultraft.core.replication.ops import (
+    ENABLE_WARNING,
+    _active_manager,
+    _context,
+    _kind,
+    _require_raft,
+)
+from vaultraft.core.replication.records import (
+    ReplicationRecord,
+    delete_record,
+    save_record,
+)
+from vaultraft.logical import (
+    InvalidRequest,
+    PermissionDenied,
+    Request,
+    Response,
+    Unavailable,
+)
 from vaultraft.raft.tls import ClusterCA
 from vaultraft.replication.activation import (
     ActivationToken,

@@ -8,20 +8,20 @@ import uuid
 from typing import Any
 
 import structlog
-from aiohttp import http_parser, web, web_protocol
+from aiohttp import web, web_protocol
 
 from vaultraft.core import Core
 from vaultraft.http import raft_snapshot, sys_raft, sys_replication, sys_unauth
 from vaultraft.http.errors import status_for
 from vaultraft.http.forward import Forwarder, no_leader_response, redirect
+from vaultraft.http.parser import AdaptiveRequestParser
 from vaultraft.logical import InvalidRequest, NotLeader, Operation, Request, Response, VaultError
 
 log = structlog.get_logger("vaultraft.http")
 
-# Vault's API uses the non-standard LIST method (hvac and the Vault CLI send it). aiohttp's
-# C parser (llhttp) only knows registered methods, so the server side uses aiohttp's own
-# pure-Python request parser, which accepts any RFC 9110 token as a method.
-web_protocol.HttpRequestParser = http_parser.HttpRequestParserPy  # type: ignore[misc]
+# Vault's API uses the non-standard LIST method, which aiohttp's C parser rejects: each
+# connection starts on the C parser and switches to the pure-Python one at its first LIST.
+web_protocol.HttpRequestParser = AdaptiveRequestParser  # type: ignore[misc,assignment]
 
 MAX_REQUEST_SIZE = 32 * 1024 * 1024
 _WRITE_OPS = (Operation.CREATE, Operation.UPDATE, Operation.PATCH, Operation.DELETE)

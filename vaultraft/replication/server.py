@@ -17,13 +17,13 @@ import ssl
 import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
-from typing import Any
 
 import structlog
 
-from vaultraft.raft.tls import NodeCert, PKIError, peer_node_id, server_context
+from vaultraft.raft.tls import NodeCert, PKIError, peer_node_id
 from vaultraft.replication.fence import LeaseGrant, valid_duration, valid_epoch, valid_name
 from vaultraft.replication.interfaces import Mode, WalSource
+from vaultraft.replication.listener import ListenerConn, TlsListener, abort
 from vaultraft.replication.registry import (
     PrimaryState,
     SecondaryContact,
@@ -49,7 +49,6 @@ from vaultraft.replication.wire import (
     Wal,
     Welcome,
     WireError,
-    format_addr,
     read_message,
     write_message,
 )
@@ -96,14 +95,9 @@ class _Close(Exception):
 
 
 @dataclass(eq=False)
-class _Conn:
+class _Conn(ListenerConn):
     """Mutable per-connection state (internal)."""
 
-    task: asyncio.Task[None]
-    writer: asyncio.StreamWriter
-    peer: str
-    created: float = field(default_factory=time.monotonic)
-    authenticated: bool = False
     secondary_id: str = ""
     mode: Mode = "dr"
     lineage: str = ""
@@ -121,57 +115,29 @@ class _Conn:
     leases: dict[int, asyncio.Future[LeaseReply | None]] = field(default_factory=dict)
 
 
-class ReplicationServer:
+class ReplicationServer(TlsListener[_Conn]):
     """Serves the WAL of this primary node to authorized secondaries over mutual TLS."""
+
+    _what = "replication server"
 
     def __init__(self, source: WalSource, registry: SecondaryRegistry, cert: NodeCert,
                  host: str = "0.0.0.0", port: int = 0, *, config: ServerConfig | None = None) -> None:
         """``cert`` is this node's certificate from the replication CA (which also signs
         every secondary's client certificate). Nothing listens until :meth:`start`."""
+        self._cfg = config or ServerConfig()
+        super().__init__(cert, host, port, max_connections=self._cfg.max_connections,
+                         eviction_grace=self._cfg.eviction_grace, frame_limit=_CLIENT_FRAME_LIMIT)
         self._source = source
         self._registry = registry
-        self._cert = cert
-        self._host = host
-        self._port = port
-        self._cfg = config or ServerConfig()
-        self._ctx: ssl.SSLContext | None = None
-        self._server: asyncio.Server | None = None
-        self._conns: set[_Conn] = set()
-        self._closing = False
         self._lease_ids = itertools.count(1)
-
-    @property
-    def bound_address(self) -> str:
-        """The listening ``host:port`` (the real port when started with port 0)."""
-        if self._server is None or not self._server.sockets:
-            raise RuntimeError("replication server is not started")
-        host, port = self._server.sockets[0].getsockname()[:2]
-        return format_addr(str(host), int(port))
 
     async def start(self) -> None:
         """Build the TLS context and start listening."""
-        if self._server is not None:
-            raise RuntimeError("replication server already started")
-        self._ctx = await asyncio.to_thread(server_context, self._cert)
-        self._closing = False
-        self._server = await asyncio.start_server(self._on_accept, self._host, self._port, backlog=128,
-                                                  limit=_CLIENT_FRAME_LIMIT)
+        await self._listen()
         log.info("replication_server_started", address=self.bound_address)
 
-    async def aclose(self) -> None:
-        """Stop listening, close every connection and wait for their tasks to finish."""
-        self._closing = True
-        if self._server is not None:
-            self._server.close()
-        conns = list(self._conns)
-        for conn in conns:
-            _abort(conn.writer)
-            conn.task.cancel()
-        await asyncio.gather(*(c.task for c in conns), return_exceptions=True)
-        if self._server is not None:
-            await self._server.wait_closed()
-            log.info("replication_server_stopped")
-            self._server = None
+    def _stopped(self) -> None:
+        log.info("replication_server_stopped")
 
     def disconnect(self, secondary_id: str) -> int:
         """Close every connection of ``secondary_id`` at once (revocation); returns how many.
@@ -181,7 +147,7 @@ class ReplicationServer:
         closed = 0
         for conn in list(self._conns):
             if conn.secondary_id == secondary_id:
-                _abort(conn.writer)
+                abort(conn.writer)
                 conn.task.cancel()
                 closed += 1
         if closed:
@@ -224,46 +190,22 @@ class ReplicationServer:
 
     # -- accept and handshake ----------------------------------------------------------------
 
-    async def _on_accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        # No await may come before start_tls: until then the plain StreamReader would
-        # swallow the TLS ClientHello.
-        task = asyncio.current_task()
-        peer = _peer(writer)
-        if self._closing or self._ctx is None or task is None:
-            _abort(writer)
-            return
-        if len(self._conns) >= self._cfg.max_connections and not self._evict():
-            _throttled("warning", "replication_connection_refused", reason="connection_cap", remote=peer)
-            _abort(writer)
-            return
-        conn = _Conn(task=task, writer=writer, peer=peer)
-        self._conns.add(conn)
-        try:
-            await self._serve(conn, reader)
-        except asyncio.CancelledError:
-            pass  # aclose() or disconnect(): this is the connection's top-level task
-        finally:
-            self._conns.discard(conn)
-            _abort(writer)
-            for fut in conn.leases.values():
-                if not fut.done():
-                    fut.set_result(None)
-            if conn.secondary_id:
-                log.info("replication_secondary_disconnected", secondary_id=conn.secondary_id, peer=peer)
-                self._contact(conn, connected=False)
+    def _make_conn(self, task: asyncio.Task[None], writer: asyncio.StreamWriter, peer: str) -> _Conn:
+        return _Conn(task=task, writer=writer, peer=peer)
 
-    def _evict(self) -> bool:
-        """Close the oldest unauthenticated connection past its grace period, if any."""
-        now = time.monotonic()
-        stale = [c for c in self._conns if not c.authenticated and now - c.created >= self._cfg.eviction_grace]
-        if not stale:
-            return False
-        victim = min(stale, key=lambda c: c.created)
-        _throttled("info", "replication_connection_evicted", remote=victim.peer)
-        self._conns.discard(victim)
-        _abort(victim.writer)
-        victim.task.cancel()
-        return True
+    def _refused(self, peer: str) -> None:
+        _throttled("warning", "replication_connection_refused", reason="connection_cap", remote=peer)
+
+    def _evicted(self, conn: _Conn) -> None:
+        _throttled("info", "replication_connection_evicted", remote=conn.peer)
+
+    def _conn_closed(self, conn: _Conn) -> None:
+        for fut in conn.leases.values():
+            if not fut.done():
+                fut.set_result(None)
+        if conn.secondary_id:
+            log.info("replication_secondary_disconnected", secondary_id=conn.secondary_id, peer=conn.peer)
+            self._contact(conn, connected=False)
 
     async def _serve(self, conn: _Conn, reader: asyncio.StreamReader) -> None:
         assert self._ctx is not None
@@ -554,13 +496,3 @@ def _leaf(e: BaseException) -> BaseException:
     return e
 
 
-def _peer(writer: asyncio.StreamWriter) -> str:
-    addr: Any = writer.get_extra_info("peername")
-    if isinstance(addr, tuple) and len(addr) >= 2:
-        return format_addr(str(addr[0]), int(addr[1]))
-    return "?"
-
-
-def _abort(writer: asyncio.StreamWriter) -> None:
-    with contextlib.suppress(Exception):
-        writer.transport.abort()

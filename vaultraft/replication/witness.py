@@ -17,7 +17,6 @@ bundle cannot impersonate the witness.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
 import os
 import re
@@ -25,14 +24,13 @@ import shutil
 import ssl
 import stat
 import tempfile
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar, Final
 
 import structlog
 
-from vaultraft.raft.tls import ClusterCA, NodeCert, PKIError, client_context, peer_node_id, server_context
+from vaultraft.raft.tls import ClusterCA, NodeCert, PKIError, client_context, peer_node_id
 from vaultraft.replication.fence import (
     MAX_NAME,
     LeaseGrant,
@@ -42,6 +40,7 @@ from vaultraft.replication.fence import (
     valid_epoch,
     valid_name,
 )
+from vaultraft.replication.listener import ListenerConn, TlsListener, abort
 from vaultraft.replication.wire import (
     PROTOCOL_VERSION,
     Message,
@@ -282,100 +281,31 @@ class WitnessConfig:
     eviction_grace: float = 0.5  # an unauthenticated connection older than this may be evicted
 
 
-@dataclass(eq=False)
-class _Conn:
-    task: asyncio.Task[None]
-    writer: asyncio.StreamWriter
-    peer: str
-    created: float = field(default_factory=time.monotonic)
-    authenticated: bool = False
-
-
-class WitnessServer:
+class WitnessServer(TlsListener[ListenerConn]):
     """Serves one :class:`LeaseVoter` to certificate holders of the witness CA."""
 
     def __init__(self, voter: LeaseVoter, cert: NodeCert, host: str = "127.0.0.1", port: int = 0, *,
                  config: WitnessConfig | None = None) -> None:
         """``cert`` is the witness's server certificate (see :func:`server_cert`); its CA is
         the only one trusted for client certificates."""
-        self._voter = voter
-        self._cert = cert
-        self._host = host
-        self._port = port
         self._cfg = config or WitnessConfig()
-        self._ctx: ssl.SSLContext | None = None
-        self._server: asyncio.Server | None = None
-        self._conns: set[_Conn] = set()
-        self._closing = False
-
-    @property
-    def bound_address(self) -> str:
-        """The listening ``host:port`` (the real port when started with port 0)."""
-        if self._server is None or not self._server.sockets:
-            raise RuntimeError("witness server is not started")
-        host, port = self._server.sockets[0].getsockname()[:2]
-        return format_addr(str(host), int(port))
-
-    def connection_count(self) -> int:
-        """Open connections, handshaking ones included."""
-        return len(self._conns)
+        super().__init__(cert, host, port, max_connections=self._cfg.max_connections,
+                         eviction_grace=self._cfg.eviction_grace, frame_limit=FRAME_LIMIT)
+        self._voter = voter
 
     async def start(self) -> None:
         """Build the TLS context and start listening."""
-        if self._server is not None:
-            raise RuntimeError("witness server already started")
-        self._ctx = await asyncio.to_thread(server_context, self._cert)
-        self._closing = False
-        self._server = await asyncio.start_server(self._on_accept, self._host, self._port, backlog=128,
-                                                  limit=FRAME_LIMIT)
+        await self._listen()
 
-    async def aclose(self) -> None:
-        """Stop listening, close every connection and wait for their tasks."""
-        self._closing = True
-        if self._server is not None:
-            self._server.close()
-        conns = list(self._conns)
-        for conn in conns:
-            _abort(conn.writer)
-            conn.task.cancel()
-        await asyncio.gather(*(c.task for c in conns), return_exceptions=True)
-        if self._server is not None:
-            await self._server.wait_closed()
-            self._server = None
+    _what = "witness server"
 
-    async def _on_accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        # No await before start_tls: the plain reader must never buffer a byte.
-        task = asyncio.current_task()
-        peer = _peer(writer)
-        if self._closing or self._ctx is None or task is None:
-            _abort(writer)
-            return
-        if len(self._conns) >= self._cfg.max_connections and not self._evict():
-            _throttled("warning", "witness_connection_refused", reason="connection_cap", remote=peer)
-            _abort(writer)
-            return
-        conn = _Conn(task, writer, peer)
-        self._conns.add(conn)
-        try:
-            await self._serve(conn, reader)
-        except asyncio.CancelledError:
-            pass
-        finally:
-            self._conns.discard(conn)
-            _abort(writer)
+    def _make_conn(self, task: asyncio.Task[None], writer: asyncio.StreamWriter, peer: str) -> ListenerConn:
+        return ListenerConn(task, writer, peer)
 
-    def _evict(self) -> bool:
-        now = time.monotonic()
-        stale = [c for c in self._conns if not c.authenticated and now - c.created >= self._cfg.eviction_grace]
-        if not stale:
-            return False
-        victim = min(stale, key=lambda c: c.created)
-        self._conns.discard(victim)
-        _abort(victim.writer)
-        victim.task.cancel()
-        return True
+    def _refused(self, peer: str) -> None:
+        _throttled("warning", "witness_connection_refused", reason="connection_cap", remote=peer)
 
-    async def _serve(self, conn: _Conn, reader: asyncio.StreamReader) -> None:
+    async def _serve(self, conn: ListenerConn, reader: asyncio.StreamReader) -> None:
         assert self._ctx is not None
         try:
             async with asyncio.timeout(self._cfg.handshake_timeout):
@@ -493,24 +423,14 @@ class WitnessClient:
             if server != self._name:
                 raise PKIError(f"unexpected witness certificate {server[:64]!r}")
         except BaseException:
-            _abort(writer)
+            abort(writer)
             raise
         self._conn = (reader, writer)
         return self._conn
 
     def _drop(self) -> None:
         if self._conn is not None:
-            _abort(self._conn[1])
+            abort(self._conn[1])
             self._conn = None
 
 
-def _peer(writer: asyncio.StreamWriter) -> str:
-    addr: Any = writer.get_extra_info("peername")
-    if isinstance(addr, tuple) and len(addr) >= 2:
-        return format_addr(str(addr[0]), int(addr[1]))
-    return "?"
-
-
-def _abort(writer: asyncio.StreamWriter) -> None:
-    with contextlib.suppress(Exception):
-        writer.transport.abort()

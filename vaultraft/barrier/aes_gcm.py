@@ -217,8 +217,9 @@ class Barrier:
         Raises ReplicatedReadOnly (writing nothing) for a replicated key on a performance
         secondary."""
         self._require()
-        for key, _, local in ops:
-            self._check_writable(key, local)
+        if self.replicated_read_only:  # only a performance secondary pays for the check
+            for key, _, local in ops:
+                self._check_writable(key, local)
         batch_ops: list[Op] = []
         for key, value, local in ops:
             if value is None:

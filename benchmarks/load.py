@@ -27,6 +27,8 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
+from benchmarks.rawhttp import ProtocolError, RawConnection, encode_request
+
 #: Pseudo-status of a request that got no HTTP response (refused, reset, closed).
 STATUS_CONN_ERROR = 0
 #: Pseudo-status of a request that hit the per-request timeout.
@@ -242,6 +244,19 @@ async def _one(session: aiohttp.ClientSession, method: str, url: str, body: byte
     return status, time.perf_counter() - t0
 
 
+async def _one_raw(conn: RawConnection, request: bytes, timeout_s: float) -> tuple[int, float]:
+    """Send one pre-encoded request on ``conn``; (status or pseudo-status, latency in seconds)."""
+    t0 = time.perf_counter()
+    try:
+        async with asyncio.timeout(timeout_s):
+            status = await conn.send(request)
+    except TimeoutError:
+        status = STATUS_TIMEOUT
+    except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ProtocolError):
+        status = STATUS_CONN_ERROR
+    return status, time.perf_counter() - t0
+
+
 def _write_body(payload_bytes: int) -> bytes:
     return json.dumps({"data": {"value": "v" * payload_bytes}}).encode()
 
@@ -249,7 +264,9 @@ def _write_body(payload_bytes: int) -> bytes:
 async def run_load(spec: LoadSpec) -> LoadResult:
     """Run one bounded measurement; never raises for server-side failures (they are samples).
 
-    Raises ValueError for a non-loopback target, a read without keys or a bad bound.
+    Plain-http targets are driven by :class:`benchmarks.rawhttp.RawConnection` (one
+    keep-alive connection per worker, a fraction of aiohttp's client CPU), https targets by
+    aiohttp. Raises ValueError for a non-loopback target, a read without keys or a bad bound.
     """
     check_loopback(spec.base_url)
     if spec.concurrency < 1 or spec.duration_s <= 0 or spec.max_requests < 1:
@@ -258,38 +275,57 @@ async def run_load(spec: LoadSpec) -> LoadResult:
         raise ValueError("a read load needs keys written earlier")
     headers = {"X-Vault-Token": spec.token, "Content-Type": "application/json", **dict(spec.headers)}
     body = _write_body(spec.payload_bytes)
-    base = f"{spec.base_url.rstrip('/')}/v1/{spec.mount}/data/"
+    prefix = f"/v1/{spec.mount}/data/"
+    base = spec.base_url.rstrip("/") + prefix
+    raw = urlsplit(spec.base_url).scheme == "http"
     samples: list[Sample] = []
     written: list[str] = []
     issued = 0
     start = time.perf_counter()
     deadline = start + spec.duration_s
 
-    async def worker(w: int, session: aiohttp.ClientSession) -> None:
+    async def worker(w: int, session: aiohttp.ClientSession | None) -> None:
         nonlocal issued
         n = 0
-        while time.perf_counter() < deadline and issued < spec.max_requests:
-            issued += 1
-            if spec.op == "write":
-                key = f"{spec.key_prefix}{w}-{n}"
-                status, lat = await _one(session, "POST", base + key, body, headers)
-                if 200 <= status < 300:
+        conn = RawConnection(spec.base_url) if raw else None
+        try:
+            while time.perf_counter() < deadline and issued < spec.max_requests:
+                issued += 1
+                if spec.op == "write":
+                    key = f"{spec.key_prefix}{w}-{n}"
+                    method, data = "POST", body
+                else:
+                    key = spec.read_keys[(w + n * spec.concurrency) % len(spec.read_keys)]
+                    method, data = "GET", None
+                if conn is not None:
+                    req = encode_request(method, conn.netloc, prefix + key, headers, data)
+                    status, lat = await _one_raw(conn, req, spec.request_timeout_s)
+                else:
+                    assert session is not None
+                    status, lat = await _one(session, method, base + key, data, headers)
+                if spec.op == "write" and 200 <= status < 300:
                     written.append(key)
-            else:
-                key = spec.read_keys[(w + n * spec.concurrency) % len(spec.read_keys)]
-                status, lat = await _one(session, "GET", base + key, None, headers)
-            n += 1
-            samples.append(Sample(lat, status))
-            if not 200 <= status < 300:
-                await asyncio.sleep(spec.error_backoff_s)
+                n += 1
+                samples.append(Sample(lat, status))
+                if not 200 <= status < 300:
+                    await asyncio.sleep(spec.error_backoff_s)
+        finally:
+            if conn is not None:
+                await conn.close()
 
-    async with _session(spec.concurrency, spec.request_timeout_s) as session:
+    async def drive(session: aiohttp.ClientSession | None) -> None:
         tasks = [asyncio.create_task(worker(w, session)) for w in range(spec.concurrency)]
         # Every worker ends by the deadline plus one request timeout; this bound is a backstop.
         _, pending = await asyncio.wait(tasks, timeout=spec.duration_s + spec.request_timeout_s + 5.0)
         for t in pending:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+    if raw:
+        await drive(None)
+    else:
+        async with _session(spec.concurrency, spec.request_timeout_s) as session:
+            await drive(session)
     elapsed = time.perf_counter() - start
     return LoadResult(summarize(samples, elapsed), tuple(written))
 

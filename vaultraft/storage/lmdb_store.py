@@ -110,11 +110,14 @@ class LMDBStore(ReplicaMixin):
     """
 
     def __init__(self, path: str, map_size: int = 1 << 30, *, cache: ReadCache | None = None,
-                 wal_retention: WalRetention = WalRetention()) -> None:
+                 wal_retention: WalRetention = WalRetention(), metasync: bool = True) -> None:
         """Open (creating with mode 0700 if needed) the environment directory ``path``.
 
         ``cache`` (default: a new bounded :class:`ReadCache`) remembers what :meth:`get`
         read; every write path of this class keeps it exact (see ``storage/cache.py``).
+        ``metasync=False`` (for a store under a Raft journal) saves the second fsync of
+        every commit: LMDB stays consistent, but an OS crash may undo the *last* committed
+        transaction, which the journal's replay then re-applies.
         """
         os.makedirs(path, mode=0o700, exist_ok=True)
         os.chmod(path, 0o700)
@@ -124,6 +127,7 @@ class LMDBStore(ReplicaMixin):
         self._closed = False
         self.cache = cache if cache is not None else ReadCache()
         self.wal_retention = wal_retention
+        self._metasync = metasync
         self._open()
 
     def _open(self) -> None:
@@ -133,7 +137,7 @@ class LMDBStore(ReplicaMixin):
             max_dbs=4,
             subdir=True,
             sync=True,
-            metasync=True,
+            metasync=self._metasync,
             mode=0o600,
             readahead=False,
         )

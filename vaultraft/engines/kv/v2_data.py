@@ -15,6 +15,7 @@ from vaultraft.engines.kv.v2_store import (
     load_config,
     load_meta,
     load_version_data,
+    meta_exists,
     meta_op,
     version_deletion,
     version_key,
@@ -103,7 +104,7 @@ class DataPaths:
 
     async def exists(self, req: Request, d: FieldData) -> bool:
         """A secret exists once it has metadata (decides create vs update)."""
-        return await load_meta(req.view(), d.get("path")) is not None
+        return await meta_exists(req.view(), d.get("path"))
 
     async def _read_version(self, req: Request, d: FieldData, key: str) -> tuple[dict[str, Any], dict[str, Any] | None]:
         """The response body skeleton for the requested version and its data (None when

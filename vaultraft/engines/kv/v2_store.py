@@ -219,6 +219,11 @@ async def load_meta(view: StorageView, path: str) -> KeyMeta | None:
     return None if e is None else _meta_from_json(decode_json(e.value))
 
 
+async def meta_exists(view: StorageView, path: str) -> bool:
+    """Whether the secret at ``path`` exists (has metadata), without decoding it."""
+    return path != "" and await view.get(META_PREFIX + path) is not None
+
+
 def meta_op(m: KeyMeta) -> WriteOp:
     """The write of a secret's metadata."""
     return WriteOp(META_PREFIX + m.key, encode_json(_meta_to_json(m)))

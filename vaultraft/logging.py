@@ -7,7 +7,6 @@ formats a full ``datetime`` per line) and JSON lines reuse one encoder.
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import time
@@ -15,6 +14,8 @@ from collections.abc import MutableMapping
 from typing import Any
 
 import structlog
+
+from vaultraft import jsoncodec
 
 _LEVELS = {"trace": logging.DEBUG, "debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING,
            "warning": logging.WARNING, "error": logging.ERROR}
@@ -48,14 +49,12 @@ def _fallback(obj: Any) -> Any:
 
 
 class JSONLines:
-    """``JSONRenderer()``'s output (same separators and fallback) with one reused encoder."""
-
-    def __init__(self) -> None:
-        self._encoder = json.JSONEncoder(default=_fallback)
+    """``JSONRenderer()``'s output (same fallback; compact separators) through
+    :mod:`vaultraft.jsoncodec`."""
 
     def __call__(self, logger: Any, method: str, event_dict: MutableMapping[str, Any]) -> str:
         """The event as one JSON object."""
-        return self._encoder.encode(event_dict)
+        return jsoncodec.dumps(event_dict, default=_fallback).decode("utf-8")
 
 
 def configure_logging(level: str = "info", fmt: str = "standard") -> None:

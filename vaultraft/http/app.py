@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from typing import Any
@@ -10,12 +9,20 @@ from typing import Any
 import structlog
 from aiohttp import web, web_protocol
 
+from vaultraft import jsoncodec
 from vaultraft.core import Core
 from vaultraft.http import raft_snapshot, sys_raft, sys_replication, sys_unauth
 from vaultraft.http.errors import status_for
 from vaultraft.http.forward import Forwarder, no_leader_response, redirect
 from vaultraft.http.parser import AdaptiveRequestParser
-from vaultraft.logical import InvalidRequest, NotLeader, Operation, Request, Response, VaultError
+from vaultraft.logical import (
+    InvalidRequest,
+    NotLeader,
+    Operation,
+    Request,
+    Response,
+    VaultError,
+)
 
 log = structlog.get_logger("vaultraft.http")
 
@@ -29,7 +36,7 @@ _SKIP_HEADERS = {"x-vault-token", "authorization", "cookie"}
 
 
 def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(status=status, text=json.dumps(body), content_type="application/json", headers=headers)
+    return web.Response(status=status, body=jsoncodec.dumps(body), content_type="application/json", headers=headers)
 
 
 def error_response(err: VaultError) -> web.Response:
@@ -62,7 +69,7 @@ async def read_body(request: web.Request) -> dict[str, Any]:
     if not raw.strip():
         return {}
     try:
-        body = json.loads(raw)
+        body = jsoncodec.loads(raw)
     except (ValueError, UnicodeDecodeError) as e:
         raise InvalidRequest(f"failed to parse JSON input: {e}") from None
     if not isinstance(body, dict):

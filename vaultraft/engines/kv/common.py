@@ -7,16 +7,15 @@ patch, and list-response shaping.
 
 from __future__ import annotations
 
-import json
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
+from vaultraft import jsoncodec
 from vaultraft.framework import FieldData, parse_duration
 from vaultraft.logical import NotFound, Response
 
 NANOS = 1_000_000_000
-_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 
 
 def to_nanos(seconds: float) -> int:
@@ -54,7 +53,7 @@ def _second_text(secs: int) -> str:
         if secs >= 0:
             text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs))
         else:  # before 1970: gmtime is platform-dependent there
-            text = datetime.fromtimestamp(secs, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+            text = datetime.fromtimestamp(secs, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S")
         _last_second = (secs, text)
     return text
 
@@ -100,14 +99,15 @@ def ttl_seconds(value: Any) -> int | None:
 
 
 def encode_json(obj: Any) -> bytes:
-    """Compact JSON bytes of a stored value (never pickle); one reused encoder, output
-    identical to ``json.dumps(obj, separators=(",", ":"), ensure_ascii=False)``."""
-    return _JSON.encode(obj).encode("utf-8")
+    """Compact UTF-8 JSON bytes of a stored value (never pickle); what
+    ``json.dumps(obj, separators=(",", ":"), ensure_ascii=False)`` encodes, up to the
+    spelling of floats (see vaultraft/jsoncodec.py)."""
+    return jsoncodec.dumps(obj)
 
 
 def decode_json(raw: bytes) -> Any:
     """The value :func:`encode_json` wrote."""
-    return json.loads(raw.decode("utf-8"))
+    return jsoncodec.loads(raw)
 
 
 def merge_patch(target: Any, patch: Any) -> Any:

@@ -55,6 +55,11 @@ class RawConnection:
         Raises OSError / asyncio.IncompleteReadError when the connection fails (the next
         call reconnects) and ProtocolError for an answer it cannot frame.
         """
+        return (await self.send_for(request, b""))[0]
+
+    async def send_for(self, request: bytes, header: bytes) -> tuple[int, bytes | None]:
+        """As :meth:`send`, also returning the value of response header ``header`` (lower
+        case; None when absent)."""
         if self._writer is None or self._writer.is_closing():
             self._reader, self._writer = await asyncio.open_connection(self.host, self.port)
         reader, writer = self._reader, self._writer
@@ -62,7 +67,7 @@ class RawConnection:
         try:
             writer.write(request)
             head = await reader.readuntil(b"\r\n\r\n")
-            status, length, close = _parse_head(head)
+            status, length, close, value = _parse_head(head, header)
             if length:
                 await reader.readexactly(length)
         except BaseException:
@@ -70,7 +75,7 @@ class RawConnection:
             raise
         if close:
             await self.close()
-        return status
+        return status, value
 
     async def close(self) -> None:
         """Close the connection (idempotent)."""
@@ -83,8 +88,9 @@ class RawConnection:
                 pass
 
 
-def _parse_head(head: bytes) -> tuple[int, int, bool]:
-    """(status, Content-Length, whether the server closes) of a response head."""
+def _parse_head(head: bytes, header: bytes = b"") -> tuple[int, int, bool, bytes | None]:
+    """(status, Content-Length, whether the server closes, value of ``header``) of a
+    response head."""
     if len(head) > _MAX_HEADER_BYTES:
         raise ProtocolError("response head too large")
     lines = head.split(b"\r\n")
@@ -97,13 +103,16 @@ def _parse_head(head: bytes) -> tuple[int, int, bool]:
         raise ProtocolError("bad status code") from e
     length = 0
     close = parts[0] == b"HTTP/1.0"
+    value: bytes | None = None
     for line in lines[1:]:
-        name, _, value = line.partition(b":")
+        name, _, raw = line.partition(b":")
         name = name.strip().lower()
         if name == b"content-length":
-            length = int(value.strip())
+            length = int(raw.strip())
         elif name == b"transfer-encoding":
             raise ProtocolError("chunked responses are not supported")
         elif name == b"connection":
-            close = value.strip().lower() == b"close"
-    return status, length, close
+            close = raw.strip().lower() == b"close"
+        elif header and name == header:
+            value = raw.strip()
+    return status, length, close, value

@@ -43,7 +43,7 @@ async def server() -> AsyncIterator[tuple[str, list[tuple[str, str, bytes, str]]
             await resp.write(b"x")
             await resp.write_eof()
             return resp
-        return web.json_response({"data": {"n": len(body)}})
+        return web.json_response({"data": {"n": len(body)}}, headers={"X-Vault-Index": str(len(seen))})
 
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", handle)
@@ -64,7 +64,7 @@ async def test_keep_alive_requests_reach_the_server_intact(server: tuple[str, li
     req = encode_request("POST", conn.netloc, "/v1/secret/data/a", {"X-Vault-Token": "t"}, b'{"data": {}}')
     assert await conn.send(req) == 200
     assert await conn.send(encode_request("GET", conn.netloc, "/v1/x/missing", {}, None)) == 404
-    assert await conn.send(req) == 200
+    assert await conn.send_for(req, b"x-vault-index") == (200, b"3")
     await conn.close()
     assert seen[0] == ("POST", "/v1/secret/data/a", b'{"data": {}}', "t")
     assert [s[0] for s in seen] == ["POST", "GET", "POST"]
@@ -105,9 +105,11 @@ async def test_a_refused_connection_is_a_conn_error_sample() -> None:
 
 
 def test_parse_head_reads_status_length_and_close() -> None:
-    assert _parse_head(b"HTTP/1.1 204 No Content\r\n\r\n") == (204, 0, False)
-    assert _parse_head(b"HTTP/1.1 200 OK\r\nContent-Length: 12\r\nConnection: close\r\n\r\n") == (200, 12, True)
-    assert _parse_head(b"HTTP/1.0 200 OK\r\nContent-Length: 3\r\n\r\n") == (200, 3, True)
+    assert _parse_head(b"HTTP/1.1 204 No Content\r\n\r\n") == (204, 0, False, None)
+    assert _parse_head(b"HTTP/1.1 200 OK\r\nContent-Length: 12\r\nConnection: close\r\n\r\n") == \
+        (200, 12, True, None)
+    assert _parse_head(b"HTTP/1.0 200 OK\r\nContent-Length: 3\r\nX-Vault-Index: 42\r\n\r\n",
+                       b"x-vault-index") == (200, 3, True, b"42")
     with pytest.raises(ProtocolError):
         _parse_head(b"SSH-2.0-OpenSSH\r\n\r\n")
     with pytest.raises(ProtocolError):

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import datetime as _dt
-import secrets
-from typing import NamedTuple, Protocol, Sequence
+import os
+from collections.abc import Sequence
+from typing import NamedTuple, Protocol
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -226,7 +227,7 @@ class Barrier:
                 batch_ops.append(Op.delete(key, local=local))
             else:
                 batch_ops.append(Op.put(key, self.encrypt(key, value), local=local))
-        return await self._physical.apply(Batch(tuple(batch_ops), secrets.token_bytes(16)))
+        return await self._physical.apply(Batch(tuple(batch_ops), os.urandom(16)))
 
     async def put(self, key: str, value: bytes, *, local: bool = False) -> ApplyResult:
         """Shorthand for a one-op :meth:`apply` writing ``value`` at ``key``."""
@@ -300,7 +301,7 @@ class Barrier:
 
     async def _apply_raw(self, op: Op) -> None:
         self._check_writable(op.key, op.local)
-        result = await self._physical.apply(Batch((op,), secrets.token_bytes(16)))
+        result = await self._physical.apply(Batch((op,), os.urandom(16)))
         if result.error is not None:
             raise BarrierWriteError(f"storage rejected write: {result.error}")
 

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
-from pysyncobj import SyncObj, SyncObjConf, replicated
+from pysyncobj import SyncObj, SyncObjConf, SyncObjException, replicated
 
 from vaultraft.raft.connection import decode_body, encode_frame
 from vaultraft.raft.tls import (
@@ -464,3 +464,54 @@ def test_snapshot_transfer(ca: ClusterCA, spawn: Callable[..., Counter]) -> None
     assert wait_for(lambda: late.value == 41)
     assert rec.snapshot_chunks >= 2
     assert rec.errors == []
+
+
+# -- non-voters (pysyncobj read-only nodes) ------------------------------------------------
+
+def test_a_registered_non_voter_follows_and_an_unregistered_one_is_refused(ca: ClusterCA,
+                                                                          spawn: Callable[..., Counter]) -> None:
+    addrs = free_addrs(4)
+    voters, nv_addr, stranger_addr = addrs[:2], addrs[2], addrs[3]
+    registered = {nv_addr}
+    nodes = [spawn(a, voters, ca.issue(a), expected_peer_id=node_id_is_address,
+                   accept_readonly=lambda addr: addr in registered) for a in voters]
+    nv = spawn(None, voters, ca.issue(nv_addr), expected_peer_id=node_id_is_address)
+    stranger = spawn(None, voters, ca.issue(stranger_addr), expected_peer_id=node_id_is_address)
+    leader = leader_of(nodes)
+    for _ in range(4):
+        leader.incr(1, sync=True, timeout=2)
+    assert wait_for(lambda: nv.value == 4)
+    assert stranger.value == 0  # not registered: every voter refuses it
+    assert not nv._isLeader() and nv._getLeader() is not None
+    assert {n.address for n in leader._SyncObj__readonlyNodes} == {nv_addr}
+    # the non-voter does not count: with one voter gone, nothing commits
+    follower = next(n for n in nodes if n is not leader)
+    follower.destroy()
+    with pytest.raises(SyncObjException):
+        leader.incr(1, sync=True, timeout=1.0)
+    # unregistered while connected: cut off on the next tick
+    registered.clear()
+    assert wait_for(lambda: not leader._SyncObj__readonlyNodes)
+
+
+def test_readonly_hellos_that_lie_are_refused(ca: ClusterCA, spawn: Callable[..., Counter]) -> None:
+    addrs = free_addrs(3)
+    voters = addrs[:2]
+    nodes = [spawn(a, voters, ca.issue(a), expected_peer_id=node_id_is_address,
+                   accept_readonly=lambda addr: True) for a in voters]
+    leader = leader_of(nodes)
+    host, port = voters[0].rsplit(":", 1)
+    member = ca.issue(addrs[2])
+    # a voter's address announced as a non-voter, and another node's address than the certificate's
+    for hello in (f"readonly:{voters[1]}", "readonly:127.0.0.1:1"):
+        with client_context(member).wrap_socket(socket.create_connection((host, int(port)))) as tls_sock:
+            tls_sock.sendall(encode_frame(hello, 1024))
+            assert read_until_closed(tls_sock) == b""
+    # an accepted non-voter that sends anything but AppendEntries answers is dropped
+    with client_context(member).wrap_socket(socket.create_connection((host, int(port)))) as tls_sock:
+        tls_sock.sendall(encode_frame(f"readonly:{addrs[2]}", 1024))
+        tls_sock.sendall(encode_frame({"type": "request_vote", "term": 99, "last_log_index": 0,
+                                       "last_log_term": 0}, 1024))
+        read_until_closed(tls_sock, timeout=3.0)
+    assert commit_latency(leader) < 1.0
+    assert leader._isLeader() and leader.raftCurrentTerm < 99

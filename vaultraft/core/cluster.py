@@ -10,12 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import structlog
 
 from vaultraft.logical import NotLeader, StorageEntry, StorageView, Unavailable
-from vaultraft.raft.node import CommitTimeout, ConsensusStopped, NotLeaderError, RaftPhysical
+from vaultraft.raft.node import (
+    CommitTimeout,
+    ConsensusStopped,
+    NotLeaderError,
+    RaftPhysical,
+)
 from vaultraft.raft.tls import ClusterCA, NodeCert, address_ips
 from vaultraft.raft.transport import make_transport_class, node_id_is_address
 
@@ -23,9 +29,11 @@ from vaultraft.raft.transport import make_transport_class, node_id_is_address
 MAX_FRAME_BYTES = 48 << 20
 
 
-def cluster_transport(cert: NodeCert) -> type:
-    """The mutual-TLS pysyncobj transport for ``cert`` (peer identity = Raft address)."""
-    return make_transport_class(cert, max_frame_bytes=MAX_FRAME_BYTES, expected_peer_id=node_id_is_address)
+def cluster_transport(cert: NodeCert, accept_non_voter: Callable[[str], bool] | None = None) -> type:
+    """The mutual-TLS pysyncobj transport for ``cert`` (peer identity = Raft address);
+    ``accept_non_voter(address)`` admits non-voters (see RaftPhysical.accepts_non_voter)."""
+    return make_transport_class(cert, max_frame_bytes=MAX_FRAME_BYTES, expected_peer_id=node_id_is_address,
+                                accept_readonly=accept_non_voter)
 from vaultraft.storage import Physical
 
 log = structlog.get_logger("vaultraft.core")
@@ -72,7 +80,7 @@ class ClusterLink:
         # A node's certificate names its Raft address, so a peer can check that whoever
         # dials in as "host:port" really holds the certificate for that address.
         cert: NodeCert = ca.issue(self.raft.self_addr, ips=address_ips(self.raft.self_addr))
-        return cluster_transport(cert)
+        return cluster_transport(cert, self.raft.accepts_non_voter)
 
     async def start_for_init(self, cluster_id: str) -> None:
         """Before init: a fresh cluster CA and a single-node group that elects itself."""

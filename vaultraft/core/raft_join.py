@@ -24,6 +24,7 @@ import base64
 import hmac
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,7 +36,13 @@ from vaultraft.barrier.errors import BarrierError
 from vaultraft.core.seal_manager import decode_key
 from vaultraft.logical import InvalidRequest, PermissionDenied
 from vaultraft.raft.tls import NodeCert, generate_key_pair
-from vaultraft.seal.shamir_seal import RootKeyUnwrapError, SealConfig, ShareError, UnsealProgress, unwrap_root_key
+from vaultraft.seal.shamir_seal import (
+    RootKeyUnwrapError,
+    SealConfig,
+    ShareError,
+    UnsealProgress,
+    unwrap_root_key,
+)
 
 log = structlog.get_logger("vaultraft.core")
 
@@ -157,8 +164,10 @@ class Joiner:
             raise InvalidRequest("Error unsealing: failed to decrypt the root key: invalid key or key combination") from None
 
     async def answer(self, root_key: bytes, server_id: str, cluster_addr: str,
-                     api_addr: str = "", replication_addr: str = "") -> tuple[type, list[str]]:
-        """Step 3: decrypt the challenge, answer it, and get a certificate and the peers."""
+                     api_addr: str = "", replication_addr: str = "",
+                     accept_non_voter: Callable[[str], bool] | None = None) -> tuple[type, list[str]]:
+        """Step 3: decrypt the challenge, answer it, and get a certificate and the peers
+        (the transport admits non-voters through ``accept_non_voter``)."""
         assert self.pending is not None
         p = self.pending
         try:
@@ -178,7 +187,7 @@ class Joiner:
         log.info("raft_join_answer_accepted", peers=len(peers))
         from vaultraft.core.cluster import cluster_transport
 
-        return cluster_transport(cert), peers
+        return cluster_transport(cert, accept_non_voter), peers
 
 
 async def retry_until(fn: Any, *, stop: asyncio.Event, interval: float = JOIN_RETRY) -> None:

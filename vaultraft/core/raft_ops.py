@@ -48,6 +48,16 @@ async def register_node(core: "Core", node_id: str, cluster_addr: str, api_addr:
     rec = {"node_id": node_id, "address": cluster_addr, "api_addr": api_addr, "voter": not non_voter,
            "replication_addr": replication_addr}
     await u.sys_view.put(StorageEntry(NODES_PREFIX + node_id, json.dumps(rec).encode()))
+    await refresh_non_voters(core)
+
+
+async def refresh_non_voters(core: "Core") -> None:
+    """Tell the Raft layer which non-voters may follow the log (from the node records).
+    Runs when this node becomes active and after every registration or removal."""
+    raft = core.cluster.raft
+    if raft is not None:
+        records = await node_records(core)
+        raft.non_voters = frozenset(str(r.get("address")) for r in records.values() if r.get("voter") is False)
 
 
 async def node_records(core: "Core") -> dict[str, dict[str, Any]]:
@@ -108,13 +118,14 @@ async def join(core: "Core", leader_api_addr: str, non_voter: bool = False) -> N
 async def complete_join(core: "Core", root_key: bytes) -> None:
     """After the joiner's unseal keys produced ``root_key``: answer, join, sync, unseal."""
     raft = _raft(core)
+    non_voter = core.joiner.pending is not None and core.joiner.pending.non_voter
     transport, peers = await core.joiner.answer(root_key, raft.node_id, raft.self_addr, core.settings.api_addr,
-                                             core.settings.replication_addr)
+                                             core.settings.replication_addr, raft.accepts_non_voter)
     await raft.stop_consensus()
     await asyncio.to_thread(raft.store.wipe)
     raft_dir = os.path.join(raft.data_dir, "raft")
     shutil.rmtree(raft_dir, ignore_errors=True)
-    await raft.start_consensus(transport, peers=peers)
+    await raft.start_consensus(transport, peers=peers, voter=not non_voter)
     loop = asyncio.get_running_loop()
     end = loop.time() + SYNC_WAIT
     while await raft.get(KEYRING_PATH) is None \
@@ -180,11 +191,12 @@ async def accept_answer(core: "Core", body: dict[str, Any]) -> dict[str, Any]:
     peers = sorted(set(raft.status().peers) | {raft.self_addr})
     # Record the node while the current configuration can still commit it; the joiner
     # must be running before a configuration that includes it can commit anything.
-    await register_node(core, server_id, cluster_addr, str(body.get("api_addr") or ""), bool(body.get("non_voter")),
+    non_voter = bool(body.get("non_voter"))
+    await register_node(core, server_id, cluster_addr, str(body.get("api_addr") or ""), non_voter,
                         replication_addr=str(body.get("replication_addr") or ""))
-    if cluster_addr not in peers:
+    if cluster_addr not in peers and not non_voter:  # a non-voter follows without joining the configuration
         await raft.add_peer(cluster_addr, wait=False)
-    log.info("raft_peer_admitted", server_id=server_id, address=cluster_addr)
+    log.info("raft_peer_admitted", server_id=server_id, address=cluster_addr, voter=not non_voter)
     return {"peers": peers, "tls_cert": cert.cert_pem.decode(), "ca_cert": ca.cert_pem.decode()}
 
 
@@ -195,16 +207,20 @@ async def configuration(core: "Core") -> dict[str, Any]:
     records = await node_records(core)
     by_addr = {r["address"]: r for r in records.values()}
     servers = []
-    for addr in sorted(set(st.peers) | {raft.self_addr}):
+    for addr in sorted(set(st.peers) | {raft.self_addr} | _non_voter_addrs(records)):
         rec = by_addr.get(addr, {})
         servers.append({
             "node_id": rec.get("node_id", raft.node_id if addr == raft.self_addr else addr),
             "address": addr,
             "leader": addr == (st.leader_addr or ""),
             "protocol_version": "3",
-            "voter": rec.get("voter", True),
+            "voter": rec.get("voter", True) and addr in set(st.peers) | ({raft.self_addr} if st.voter else set()),
         })
     return {"config": {"index": st.commit_index, "servers": servers}}
+
+
+def _non_voter_addrs(records: dict[str, dict[str, Any]]) -> set[str]:
+    return {str(r["address"]) for r in records.values() if r.get("voter") is False and r.get("address")}
 
 
 async def remove_peer(core: "Core", server_id: str) -> None:
@@ -212,12 +228,16 @@ async def remove_peer(core: "Core", server_id: str) -> None:
     raft = _raft(core)
     records = await node_records(core)
     addr = records[server_id]["address"] if server_id in records else server_id
-    if addr not in set(raft.status().peers):
+    non_voter = addr in _non_voter_addrs(records) and addr not in set(raft.status().peers)
+    if addr not in set(raft.status().peers) and not non_voter:
         raise InvalidRequest(f"no peer with node id {server_id!r}")
-    await raft.remove_peer(addr)
+    if not non_voter:  # a non-voter is not in the configuration: dropping its record cuts it off
+        await raft.remove_peer(addr)
     u = core.unsealed
-    if server_id in records and u.sys_view is not None:
-        await u.sys_view.delete(NODES_PREFIX + server_id)
+    name = server_id if server_id in records else next((n for n, r in records.items() if r.get("address") == addr), "")
+    if name and u.sys_view is not None:
+        await u.sys_view.delete(NODES_PREFIX + name)
+    await refresh_non_voters(core)
 
 
 async def autopilot_state(core: "Core") -> dict[str, Any]:
@@ -229,6 +249,17 @@ async def autopilot_state(core: "Core") -> dict[str, Any]:
     servers: dict[str, Any] = {}
     healthy_count = 0
     members = sorted(set(st.peers) | {raft.self_addr})
+    for addr in sorted(_non_voter_addrs(records) - set(members)):  # followers that never count for a quorum
+        rec = by_addr.get(addr, {})
+        node_id = str(rec.get("node_id", addr))
+        following = addr in st.non_voters
+        servers[node_id] = {
+            "id": node_id, "name": node_id, "address": addr, "node_status": "alive" if following else "left",
+            "last_contact": "0.000s" if following else "never", "last_term": st.term,
+            "last_index": st.match_index.get(addr, 0), "healthy": following, "stable_since": "",
+            "status": "non-voter", "version": "", "upgrade_version": "", "redundancy_zone": "",
+            "node_type": "non-voter",
+        }
     for addr in members:
         rec = by_addr.get(addr, {})
         node_id = rec.get("node_id", raft.node_id if addr == raft.self_addr else addr)
@@ -244,11 +275,16 @@ async def autopilot_state(core: "Core") -> dict[str, Any]:
             "version": "", "upgrade_version": "", "redundancy_zone": "", "node_type": "voter",
         }
     quorum = len(members) // 2 + 1
-    return {
+    voters = sorted(n for n, s in servers.items() if s["status"] != "non-voter")
+    non_voters = sorted(n for n, s in servers.items() if s["status"] == "non-voter")
+    out: dict[str, Any] = {
         "healthy": healthy_count >= quorum, "failure_tolerance": max(0, healthy_count - quorum),
-        "leader": raft.node_id if st.is_leader else "", "voters": sorted(servers), "servers": servers,
+        "leader": raft.node_id if st.is_leader else "", "voters": voters, "servers": servers,
         "optimistic_failure_tolerance": max(0, healthy_count - quorum),
     }
+    if non_voters:
+        out["non_voters"] = non_voters
+    return out
 
 
 async def step_down(core: "Core") -> None:

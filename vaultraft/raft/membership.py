@@ -11,7 +11,12 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from pysyncobj import FAIL_REASON
 
-from vaultraft.raft.errors import CommitTimeout, ConsensusStopped, NotLeaderError, RaftError
+from vaultraft.raft.errors import (
+    CommitTimeout,
+    ConsensusStopped,
+    NotLeaderError,
+    RaftError,
+)
 
 if TYPE_CHECKING:
     from vaultraft.raft.node import RaftStatus, RaftTuning
@@ -36,6 +41,28 @@ class MembershipMixin:
 
     def peers_file(self) -> str:
         return os.path.join(self.data_dir, "raft", "peers.json")
+
+    def voter_file(self) -> str:
+        return os.path.join(self.data_dir, "raft", "voter.json")
+
+    def is_voter(self) -> bool:
+        """Whether this node joined as a voter (True unless it joined with non_voter)."""
+        try:
+            with open(self.voter_file()) as f:
+                return json.load(f) is not False
+        except (OSError, ValueError):
+            return True
+
+    def record_voter(self, voter: bool) -> None:
+        """Remember whether this node votes, for every later start (atomic, fsynced)."""
+        path = self.voter_file()
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(voter, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
 
     def known_peers(self) -> list[str]:
         """Other members' cluster addresses as last recorded locally."""

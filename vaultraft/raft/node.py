@@ -22,14 +22,21 @@ from typing import Any, Sequence
 
 import structlog
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
-from pysyncobj.monotonic import monotonic as raft_clock  # pysyncobj's clock (CLOCK_MONOTONIC_RAW)
+from pysyncobj.monotonic import (
+    monotonic as raft_clock,  # pysyncobj's clock (CLOCK_MONOTONIC_RAW)
+)
 from pysyncobj.node import TCPNode
 
 from vaultraft.raft.background import JournalSync, lease_expiry
 from vaultraft.raft.command import Command, CommandKind
-from vaultraft.raft.errors import CommitTimeout, ConsensusStopped, NotLeaderError, RaftError
-from vaultraft.raft.membership import MembershipMixin
+from vaultraft.raft.errors import (
+    CommitTimeout,
+    ConsensusStopped,
+    NotLeaderError,
+    RaftError,
+)
 from vaultraft.raft.fsm import ApplyObserver, StateMachine
+from vaultraft.raft.membership import MembershipMixin
 from vaultraft.raft.snapshot import pysyncobj_hooks
 from vaultraft.storage import ApplyResult, Batch
 from vaultraft.storage.lmdb_store import LMDBStore
@@ -116,6 +123,8 @@ class RaftStatus:
     last_contact: dict[str, float] = field(default_factory=dict)
     match_index: dict[str, int] = field(default_factory=dict)
     connected: set[str] = field(default_factory=set)
+    voter: bool = True  # this node votes
+    non_voters: set[str] = field(default_factory=set)  # non-voters following this node now
 
 
 class RaftPhysical(MembershipMixin):
@@ -147,6 +156,9 @@ class RaftPhysical(MembershipMixin):
         # wakes wait_applied / wait_for_index callers after applies (only while someone waits)
         self._applied_event = asyncio.Event()
         self._applied_waiters = 0
+        self.voter = True  # as recorded; set again by start_consensus
+        #: Addresses of the registered non-voters allowed to follow the log (kept by core).
+        self.non_voters: frozenset[str] = frozenset()
 
     # ---- consensus lifecycle -------------------------------------------------------------
 
@@ -155,13 +167,19 @@ class RaftPhysical(MembershipMixin):
         """Whether this node takes part in consensus now."""
         return self._obj is not None
 
-    async def start_consensus(self, transport_class: type | None, peers: Sequence[str] | None = None) -> None:
-        """Join the Raft group with ``peers`` (default: the recorded membership)."""
+    async def start_consensus(self, transport_class: type | None, peers: Sequence[str] | None = None, *,
+                              voter: bool | None = None) -> None:
+        """Join the Raft group with ``peers`` (default: the recorded membership). ``voter``
+        (default: as recorded; True for a new node) False makes this node a non-voter: it
+        follows the log from the voters ``peers`` and never votes or counts for a quorum."""
         if self._obj is not None:
             return
         self._loop = asyncio.get_running_loop()
         members = list(peers) if peers is not None else self.known_peers()
         self.record_peers(members)
+        if voter is not None:
+            self.record_voter(voter)
+        self.voter = self.is_voter()
         raft_dir = os.path.join(self.data_dir, "raft")
         os.makedirs(raft_dir, mode=0o700, exist_ok=True)
         serializer, deserializer = pysyncobj_hooks(self.store, TCPNode, self._on_snapshot_installed)
@@ -189,7 +207,8 @@ class RaftPhysical(MembershipMixin):
             onStateChanged=self._on_state_changed,
         )
         self._applied_event = asyncio.Event()
-        self._obj = await asyncio.to_thread(_ReplicatedLog, self.self_addr, members, conf, self.fsm, transport_class)
+        self_node = self.self_addr if self.voter else None  # None: a pysyncobj read-only node
+        self._obj = await asyncio.to_thread(_ReplicatedLog, self_node, members, conf, self.fsm, transport_class)
         self._obj._vr_on_applied = self._notify_applied
         self._obj.addOnTickCallback(self._on_tick)
         self._journal_sync = JournalSync(os.path.join(raft_dir, "journal"), JOURNAL_FLUSH_INTERVAL)
@@ -262,6 +281,10 @@ class RaftPhysical(MembershipMixin):
 
     # ---- roles -----------------------------------------------------------------------------
 
+    def accepts_non_voter(self, address: str) -> bool:
+        """The transport's admission policy for non-voters (called on the Raft thread)."""
+        return address in self.non_voters
+
     def is_leader(self) -> bool:
         """pysyncobj believes this node leads (may be stale: see :meth:`has_lease`)."""
         obj = self._obj
@@ -297,6 +320,7 @@ class RaftPhysical(MembershipMixin):
         """Membership and progress as this node sees them."""
         obj = self._obj
         st = RaftStatus(self.self_addr, self.leader_addr(), self.is_leader(), 0, 0, self.applied_index())
+        st.voter = self.voter
         if obj is None:
             st.peers = self.known_peers()
             return st
@@ -310,6 +334,7 @@ class RaftPhysical(MembershipMixin):
                 st.last_contact = {str(n.address): now - t for n, t in obj._SyncObj__lastResponseTime.items()}
                 st.match_index = {str(n.address): int(i) for n, i in obj._SyncObj__raftMatchIndex.items()}
             st.connected = {str(n.address) for n in obj._SyncObj__connectedNodes}
+            st.non_voters = {str(n.address) for n in obj._SyncObj__readonlyNodes}
         except (RuntimeError, AttributeError):
             pass
         return st

@@ -166,7 +166,7 @@ def pysyncobj_hooks(store: LMDBStore, make_node: Callable[[str], Any],
         last, prev, cluster = data
         write_snapshot(tmp_path, store, {
             "last": _entry(last), "prev": _entry(prev),
-            "cluster": sorted(getattr(n, "address", str(n)) for n in cluster),
+            "cluster": sorted(getattr(n, "address", str(n)) for n in cluster if n is not None),  # None: a non-voter itself
         })
         log.info("raft_snapshot_written", index=int(last[1]))
 

@@ -10,8 +10,14 @@ in pysyncobj's poller thread. What differs is what a peer must do before it is h
 3. do both within ``handshake_timeout``.
 
 Only then are frames delivered to pysyncobj, and only if they have the shape pysyncobj's own
-messages have (``check_message``). pysyncobj's ``readonly`` hello and its utility/admin
-messages (``syncobj_admin``: status, add, remove, set_version, transfer) are refused.
+messages have (``check_message``). pysyncobj's utility/admin messages (``syncobj_admin``:
+status, add, remove, set_version, transfer) are refused.
+
+**Non-voters** are pysyncobj read-only nodes (``SyncObj(None, voters)``): they receive the
+log and never vote or count towards a quorum. A non-voter runs no listener and dials every
+voter; its hello is ``READONLY_HELLO`` followed by its own address, which must match its
+certificate, must not be a voter's, and must pass ``accept_readonly`` (the registered
+non-voters). From a non-voter only ``next_node_idx`` answers are accepted.
 """
 
 from __future__ import annotations
@@ -45,6 +51,12 @@ HELLO_ACCEPTED = True
 
 #: Maps the address a peer announces to the node id its certificate must carry (None: any).
 PeerIdPolicy = Callable[[str], "str | None"]
+#: Whether a non-voter announcing this address may follow the log from this node.
+ReadonlyPolicy = Callable[[str], bool]
+#: A non-voter's hello: this prefix, then its own address.
+READONLY_HELLO = "readonly:"
+#: What a non-voter may send: its answers to AppendEntries.
+_READONLY_MESSAGES = frozenset({"next_node_idx"})
 
 
 def node_id_is_address(address: str) -> str:
@@ -66,20 +78,23 @@ class TransportSettings:
     max_incoming: int
     backlog: int
     expected_peer_id: PeerIdPolicy | None
+    accept_readonly: ReadonlyPolicy | None = None
 
 
 def make_transport_class(tls: NodeCert, *, max_frame_bytes: int = 16 << 20, handshake_timeout: float = 5.0,
                          idle_timeout: float = 30.0, max_incoming: int = 64,
                          expected_peer_id: PeerIdPolicy | None = None,
                          keepalive_interval: float | None = None,
-                         backlog: int = MIN_BACKLOG) -> type[TlsTransport]:
+                         backlog: int = MIN_BACKLOG,
+                         accept_readonly: ReadonlyPolicy | None = None) -> type[TlsTransport]:
     """Build a pysyncobj Transport subclass bound to this node's certificate and limits.
 
     ``expected_peer_id(address)`` returns the node id (certificate CN) required of the peer at
     ``address``, or None to accept any certificate signed by the cluster CA (the default).
     Authenticated connections send a keepalive frame after ``keepalive_interval`` seconds of
     silence (default: min(1 s, idle_timeout / 4)) and are closed after ``idle_timeout`` seconds
-    without receiving anything. Raises PKIError if the certificate or key is unusable.
+    without receiving anything. ``accept_readonly(address)`` admits non-voters (default:
+    none). Raises PKIError if the certificate or key is unusable.
     """
     if max_frame_bytes < HELLO_FRAME_LIMIT:
         raise ValueError(f"max_frame_bytes must be at least {HELLO_FRAME_LIMIT}")
@@ -93,7 +108,7 @@ def make_transport_class(tls: NodeCert, *, max_frame_bytes: int = 16 << 20, hand
         node_id=tls.node_id, server_ctx=server_context(tls), client_ctx=client_context(tls),
         max_frame_bytes=max_frame_bytes, handshake_timeout=handshake_timeout, idle_timeout=idle_timeout,
         keepalive_interval=interval, max_incoming=max_incoming, backlog=max(MIN_BACKLOG, backlog),
-        expected_peer_id=expected_peer_id,
+        expected_peer_id=expected_peer_id, accept_readonly=accept_readonly,
     )
     return cast("type[TlsTransport]", type("TlsTransport", (TlsTransport,), {"settings": settings}))
 
@@ -105,13 +120,12 @@ class TlsTransport(Transport):  # type: ignore[misc]  # pysyncobj ships no type 
 
     def __init__(self, syncObj: Any, selfNode: Any, otherNodes: Iterable[Any]) -> None:
         super().__init__(syncObj, selfNode, otherNodes)
-        if selfNode is None:
-            raise ValueError("read-only pysyncobj nodes are not supported by the TLS transport")
         if not hasattr(type(self), "settings"):
             raise TypeError("use make_transport_class() to build a bound TlsTransport")
         conf = syncObj.conf
         self._syncObj = syncObj
         self._selfNode = selfNode
+        self._readonlySelf = selfNode is None  # a non-voter: no listener, dials every voter
         self._opts = SocketOptions(
             send_buffer=conf.sendBufferSize, recv_buffer=conf.recvBufferSize,
             handshake_timeout=self.settings.handshake_timeout, idle_timeout=self.settings.idle_timeout,
@@ -124,6 +138,7 @@ class TlsTransport(Transport):  # type: ignore[misc]  # pysyncobj ships no type 
         self._unknown: set[TlsConnection] = set()  # incoming, not yet bound to a node
         self._nodes: set[Any] = set()
         self._nodeAddrToNode: dict[str, Any] = {}
+        self._readonlyPeers: dict[str, Any] = {}  # address -> node, non-voters following us
         self._lastConnectAttempt: dict[Any, float] = {}
         self._preventConnectNodes: set[Any] = set()
         self._lastBindAttemptTime = 0.0
@@ -133,7 +148,11 @@ class TlsTransport(Transport):  # type: ignore[misc]  # pysyncobj ships no type 
         syncObj.addOnTickCallback(self._onTick)
         for node in otherNodes:
             self.addNode(node)
-        self._createServer()
+        if self._readonlySelf:
+            self._ready = True
+            self._bindOverEvent.set()
+        else:
+            self._createServer()
 
     # -- readiness (as TCPTransport) ----------------------------------------------------
 
@@ -166,7 +185,7 @@ class TlsTransport(Transport):  # type: ignore[misc]  # pysyncobj ships no type 
 
     def _maybeBind(self) -> None:
         conf = self._syncObj.conf
-        if self._ready or monotonic_time() < self._lastBindAttemptTime + conf.bindRetryTime:
+        if self._readonlySelf or self._ready or monotonic_time() < self._lastBindAttemptTime + conf.bindRetryTime:
             return
         self._lastBindAttemptTime = monotonic_time()
         try:
@@ -188,6 +207,7 @@ class TlsTransport(Transport):  # type: ignore[misc]  # pysyncobj ships no type 
         except TransportNotReadyError:
             pass
         self._connectIfNecessary()
+        self._dropUnregisteredReadonly()
         now = monotonic_time()
         for conn in [*self._outgoing, *self._incoming]:
             conn.check_timers(now)
@@ -219,10 +239,13 @@ class TlsTransport(Transport):  # type: ignore[misc]  # pysyncobj ships no type 
         return False
 
     def _onHello(self, conn: TlsConnection, message: Any) -> None:
+        if isinstance(message, str) and message.startswith(READONLY_HELLO):
+            self._onReadonlyHello(conn, message[len(READONLY_HELLO):])
+            return
         node = self._nodeAddrToNode.get(message) if isinstance(message, str) else None
         reason = None
         if message == "readonly":
-            reason = "read-only nodes are not accepted"
+            reason = "anonymous read-only nodes are not accepted"
         elif node is None:
             reason = "not a cluster member address"  # also utility/admin commands
         elif self._shouldConnect(node):
@@ -245,6 +268,61 @@ class TlsTransport(Transport):  # type: ignore[misc]  # pysyncobj ships no type 
         if conn.authenticated:
             self._onNodeConnected(node)
 
+    def _onReadonlyHello(self, conn: TlsConnection, address: str) -> None:
+        policy = self.settings.accept_readonly
+        reason = None
+        if self._readonlySelf:
+            reason = "a non-voter accepts no connections"
+        elif address in self._nodeAddrToNode or (self._selfNode is not None and address == self._selfNode.address):
+            reason = "a voter's address announced as a non-voter"
+        elif not self._peerMatches(conn, address):
+            reason = "certificate node id does not match the announced address"
+        else:
+            try:
+                if policy is None or not policy(address):
+                    reason = "not a registered non-voter"
+            except Exception:  # noqa: BLE001 - a failing policy fails closed
+                reason = "not a registered non-voter"
+        if reason is not None:
+            throttled_log("warning", "raft_peer_rejected", peer=conn.peer_id, remote=conn.remote, reason=reason)
+            conn.disconnect()
+            return
+        node = self._readonlyPeers.get(address)
+        if node is None:
+            node = self._readonlyPeers[address] = TCPNode(address)
+        old = self._connections.get(node)
+        self._unknown.discard(conn)
+        self._connections[node] = conn
+        conn.deadline = None
+        conn.frame_limit = self.settings.max_frame_bytes
+        conn.on_message = functools.partial(self._onReadonlyMessage, conn, node)
+        if old is not None and old is not conn:
+            old.disconnect()  # superseded: the non-voter reconnected
+        conn.send(HELLO_ACCEPTED)
+        if conn.authenticated:
+            self._onReadonlyNodeConnected(node)
+
+    def _dropUnregisteredReadonly(self) -> None:
+        """Close the connection of every non-voter no longer registered (removed peers)."""
+        policy = self.settings.accept_readonly
+        for address, node in list(self._readonlyPeers.items()):
+            try:
+                allowed = policy is not None and policy(address)
+            except Exception:  # noqa: BLE001 - a failing policy fails closed
+                allowed = False
+            conn = self._connections.get(node)
+            if not allowed and conn is not None:
+                throttled_log("info", "raft_non_voter_dropped", peer=address)
+                conn.disconnect()
+
+    def _onReadonlyMessage(self, conn: TlsConnection, node: Any, message: Any) -> None:
+        if not isinstance(message, dict) or message.get("type") not in _READONLY_MESSAGES:
+            throttled_log("warning", "raft_peer_message_rejected", peer=conn.peer_id,
+                          reason="a non-voter may only answer AppendEntries")
+            conn.disconnect()
+            return
+        self._onPeerMessage(conn, node, message)
+
     def _peerMatches(self, conn: TlsConnection, address: str) -> bool:
         policy = self.settings.expected_peer_id
         if policy is None:
@@ -259,7 +337,7 @@ class TlsTransport(Transport):  # type: ignore[misc]  # pysyncobj ships no type 
 
     def _shouldConnect(self, node: Any) -> bool:
         return (isinstance(node, TCPNode) and node not in self._preventConnectNodes
-                and self._selfNode.address > node.address)
+                and (self._readonlySelf or self._selfNode.address > node.address))
 
     def _connectIfNecessarySingle(self, node: Any) -> bool:
         conn = self._connections.get(node)
@@ -286,7 +364,7 @@ class TlsTransport(Transport):  # type: ignore[misc]  # pysyncobj ships no type 
         # Announce ourselves, then wait (still under the deadline) for the peer's acceptance:
         # with TLS 1.3 a rejected client certificate only shows up after our handshake ends.
         conn.on_message = functools.partial(self._onAccepted, conn, node)
-        conn.send(self._selfNode.address)
+        conn.send(READONLY_HELLO + self.settings.node_id if self._readonlySelf else self._selfNode.address)
 
     def _onAccepted(self, conn: TlsConnection, node: Any, message: Any) -> None:
         if message is not HELLO_ACCEPTED:
@@ -324,6 +402,10 @@ class TlsTransport(Transport):  # type: ignore[misc]  # pysyncobj ships no type 
             return
         if incoming:
             del self._connections[node]
+        if self._readonlyPeers.get(str(getattr(node, "address", ""))) is node:
+            del self._readonlyPeers[node.address]
+            self._onReadonlyNodeDisconnected(node)
+            return
         if node in self._nodes:
             self._onNodeDisconnected(node)
             self._connectIfNecessarySingle(node)

@@ -132,6 +132,23 @@ def test_join_a_new_node_then_remove_peer_shrinks_list_peers(cluster: LocalClust
         assert gone.out == "Peer removed successfully!\n"
         peers = rows(run(home, lc.nodes[0].addr, "operator", "raft", "list-peers", token=lc.root_token).out)
         assert len(peers) == 3 and f"node-{new.port}" not in {p[0] for p in peers}
+
+        # the removed node was told: it sealed itself and says why; unsealing it again is refused
+        code, health = new.request("GET", "sys/health")
+        assert code == 503 and health["sealed"] is True and health["removed_from_cluster"] is True
+        assert lc.health(lc.nodes[0]) in (200, 429, 473)
+        assert lc.nodes[0].request("GET", "sys/health")[1]["removed_from_cluster"] is False
+        refused = None
+        for key in lc.load_init().keys:
+            code, refused = new.request("PUT", "sys/unseal", {"key": key})
+            if code != 200:
+                break
+        assert code == 400 and "removed from the raft cluster" in refused["errors"][0]
+        # a forged or replayed notice is refused by a member
+        forged = lc.nodes[0].request("PUT", "sys/storage/raft/bootstrap/removed",
+                                     {"address": f"127.0.0.1:{lc.nodes[0].cluster_port}", "index": 10**9,
+                                      "signature": "AAAA"})
+        assert forged[0] == 400
     finally:
         new.stop()
     for n in lc.nodes:

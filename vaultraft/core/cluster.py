@@ -15,7 +15,14 @@ from dataclasses import dataclass
 
 import structlog
 
-from vaultraft.logical import NotLeader, StorageEntry, StorageView, Unavailable
+from vaultraft.core import raft_removal
+from vaultraft.logical import (
+    InvalidRequest,
+    NotLeader,
+    StorageEntry,
+    StorageView,
+    Unavailable,
+)
 from vaultraft.raft.node import (
     CommitTimeout,
     ConsensusStopped,
@@ -75,6 +82,16 @@ class ClusterLink:
         """True for Raft storage."""
         return self.raft is not None
 
+    @property
+    def ca(self) -> ClusterCA | None:
+        """The cluster CA, known while unsealed (and before init, the one being created)."""
+        return self._ca
+
+    @property
+    def removed(self) -> bool:
+        """Whether this node accepted a removal notice (see core/raft_removal.py)."""
+        return raft_removal.was_removed(self.raft)
+
     def _transport(self, ca: ClusterCA) -> type:
         assert self.raft is not None
         # A node's certificate names its Raft address, so a peer can check that whoever
@@ -102,6 +119,8 @@ class ClusterLink:
         meanwhile (a forced snapshot restore of another cluster): then it rejoins with it."""
         if self.raft is None:
             return
+        if self.removed:
+            raise InvalidRequest(raft_removal.REMOVED_MESSAGE)
         raw = await core_view.get(TLS_KEY)
         if raw is None:
             raise RuntimeError("cluster TLS material is missing from storage")

@@ -18,6 +18,7 @@ import msgpack
 import structlog
 
 from vaultraft.barrier import KEYRING_PATH
+from vaultraft.core import raft_removal
 from vaultraft.core.seal_manager import ROOT_KEY_KEY
 from vaultraft.core.seal_state import HSM_ROOT_KEY_KEY
 from vaultraft.logical import InvalidRequest, NotLeader, Sealed, StorageEntry
@@ -231,13 +232,22 @@ async def remove_peer(core: "Core", server_id: str) -> None:
     non_voter = addr in _non_voter_addrs(records) and addr not in set(raft.status().peers)
     if addr not in set(raft.status().peers) and not non_voter:
         raise InvalidRequest(f"no peer with node id {server_id!r}")
-    if not non_voter:  # a non-voter is not in the configuration: dropping its record cuts it off
+    if non_voter:  # not in the configuration: cut it off before the record's deletion can reach it
+        raft.non_voters = raft.non_voters - {addr}
+        loop = asyncio.get_running_loop()
+        end = loop.time() + 2.0
+        while addr in raft.status().non_voters and loop.time() < end:
+            await asyncio.sleep(0.02)
+    else:
         await raft.remove_peer(addr)
     u = core.unsealed
     name = server_id if server_id in records else next((n for n, r in records.items() if r.get("address") == addr), "")
     if name and u.sys_view is not None:
         await u.sys_view.delete(NODES_PREFIX + name)
     await refresh_non_voters(core)
+    ca = core.cluster.ca
+    if ca is not None and name:  # tell it, so that it stops instead of waiting as an orphan
+        await raft_removal.notify_removed(ca, str(records[name].get("api_addr") or ""), addr, raft.applied_index())
 
 
 async def autopilot_state(core: "Core") -> dict[str, Any]:

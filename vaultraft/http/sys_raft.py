@@ -6,8 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from vaultraft.core import Core
-from vaultraft.core import raft_ops
+from vaultraft.core import Core, raft_ops, raft_removal
 from vaultraft.logical import InvalidRequest, UnsupportedOperation
 
 
@@ -38,7 +37,15 @@ async def answer(core: Core, method: str, body: dict[str, Any]) -> tuple[int, An
     return 200, await raft_ops.accept_answer(core, body)
 
 
+async def removed(core: Core, method: str, body: dict[str, Any]) -> tuple[int, Any]:
+    """The active node's notice that this node was removed (see core/raft_removal.py)."""
+    _post_only(method)
+    await raft_removal.accept_removal(core, body)
+    return 200, {"removed": True}
+
+
 HANDLERS = {
+    raft_removal.NOTICE_PATH: removed,
     "sys/storage/raft/join": join,
     "sys/storage/raft/bootstrap/challenge": challenge,
     "sys/storage/raft/bootstrap/answer": answer,

@@ -194,6 +194,8 @@ async def health(core: Core, request: "web.BaseRequest") -> tuple[int, Any]:
         "clock_skew_ms": 0,
         "replication_primary_canary_age_ms": 0,
     }
+    if core.cluster.enabled:
+        body["removed_from_cluster"] = core.cluster.removed
     if "cluster_id" in status:
         body["cluster_name"] = status["cluster_name"]
         body["cluster_id"] = status["cluster_id"]

@@ -128,6 +128,23 @@ class ClusterCA:
             raise PKIError("certificate is not a CA")
         return cls(cluster_id=cluster_id, cert_pem=cert_pem, key_pem=key_pem)
 
+    def sign(self, data: bytes) -> bytes:
+        """An ECDSA-SHA256 signature of ``data`` by the CA key (statements every member can
+        check against the CA certificate, e.g. a removal notice)."""
+        key = _load_private_key(self.key_pem)
+        return bytes(key.sign(data, ec.ECDSA(hashes.SHA256())))
+
+    def verify(self, data: bytes, signature: bytes) -> bool:
+        """Whether ``signature`` is the CA key's signature of ``data``."""
+        public = _load_cert(self.cert_pem).public_key()
+        if not isinstance(public, ec.EllipticCurvePublicKey):
+            return False
+        try:
+            public.verify(signature, data, ec.ECDSA(hashes.SHA256()))
+        except InvalidSignature:
+            return False
+        return True
+
     def issue(self, node_id: str, public_key_pem: bytes | None = None, *,
               ips: Sequence[str] = ()) -> NodeCert:
         """Issue a 1-year node certificate; generate the key pair unless ``public_key_pem`` is given.

@@ -4,7 +4,13 @@ Layer rule: imports only :mod:`vaultraft.storage` (never logical/core); core tra
 :class:`BarrierSealed` and friends into :mod:`vaultraft.logical.errors`.
 """
 
-from vaultraft.barrier.aes_gcm import KEYRING_PATH, Barrier, BarrierOp, KeyStatus, decrypt_detached
+from vaultraft.barrier.aes_gcm import (
+    KEYRING_PATH,
+    Barrier,
+    BarrierOp,
+    KeyStatus,
+    decrypt_detached,
+)
 from vaultraft.barrier.errors import (
     BarrierAlreadyInitialized,
     BarrierDecryptError,
@@ -21,7 +27,6 @@ __all__ = [
     "CIPHERTEXT_VERSION",
     "HEADER_BYTES",
     "KEYRING_PATH",
-    "decrypt_detached",
     "KEY_BYTES",
     "Barrier",
     "BarrierAlreadyInitialized",
@@ -34,4 +39,5 @@ __all__ = [
     "BarrierWriteError",
     "KeyStatus",
     "ReplicatedReadOnly",
+    "decrypt_detached",
 ]

@@ -15,7 +15,7 @@ import structlog
 
 from vaultraft import VAULT_COMPAT_VERSION
 from vaultraft.audit import AuditBroker
-from vaultraft.barrier import KEYRING_PATH, Barrier, BarrierDecryptError, ReplicatedReadOnly
+from vaultraft.barrier import KEYRING_PATH, Barrier, BarrierDecryptError, BarrierInvalidKey, ReplicatedReadOnly
 from vaultraft.core.audit_table import AuditTable
 from vaultraft.core import raft_ops
 from vaultraft.core.cluster import LEADER_KEY, ROLE_POLL, ClusterLink, LeaderInfo
@@ -240,7 +240,13 @@ class Core(ReplicationRoles):
                 if self.seals.recovery_supported and not migrate:  # issue 4: auto-unseal
                     auto_root = await self.seals.try_auto_unseal()
                     if auto_root is not None:
-                        await self._unseal_with(auto_root)
+                        try:
+                            await self._unseal_with(auto_root)
+                        except BarrierInvalidKey:  # a replication activation cut short
+                            staged = await self.seals.staged_root()
+                            if staged is None:
+                                raise
+                            await self._unseal_with(staged)
                     return
                 raise InvalidRequest("missing required 'key' parameter")
             if self.joiner.pending is not None:

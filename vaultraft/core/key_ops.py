@@ -55,6 +55,8 @@ ROOT_KEY_REKEY_UNSUPPORTED = ("the pkcs11 seal protects the root key, so there a
                               "rotate the HSM key by changing key_label, and use sys/rekey-recovery-key "
                               "(operator rekey -target=recovery) for new recovery shares")
 DUPLICATE_VERIFY = "given key has already been provided during this verify operation"
+REKEY_ON_SECONDARY = ("the key shares of a performance secondary are its primary's: rekey them on the primary "
+                      "(the secondary follows)")
 _MIN_KEY, _MAX_KEY = 16, 33
 
 
@@ -312,6 +314,8 @@ class KeyOps:
     async def start_rekey(self, recovery: bool, req: RekeyRequest) -> dict[str, Any]:
         """Start a rekey with ``req`` (Vault's validation and messages); returns the status."""
         self._check_target(recovery)
+        if self._core.replication.perf_secondary:
+            raise InvalidRequest(REKEY_ON_SECONDARY)
         if req.backup and not req.pgp_keys:
             raise InvalidRequest("cannot request a backup of the new keys without providing PGP keys for encryption")
         if not recovery and self._seals.recovery_supported:

@@ -79,10 +79,10 @@ async def finish_migration(mgr: SealManager, barrier: Barrier, kind: str, secret
              note="the recovery keys are now unseal keys; remove the disabled seal stanza")
 
 
-async def write_seal_records(barrier: Barrier, records: Mapping[str, bytes]) -> None:
+async def write_seal_records(barrier: Barrier, records: Mapping[str, bytes | None]) -> None:
     """Write several unencrypted seal records in ONE storage batch (all or nothing, also
-    through Raft). InternalError when storage refuses it."""
-    ops = tuple(Op.put(path, bytes(value)) for path, value in records.items())
+    through Raft); a None value deletes its record. InternalError when storage refuses it."""
+    ops = tuple(Op.delete(path) if value is None else Op.put(path, bytes(value)) for path, value in records.items())
     result = await barrier.physical.apply(Batch(ops, secrets.token_bytes(16)))
     if result.error is not None:
         raise InternalError(f"failed to store the seal records: {result.error}")
@@ -115,10 +115,13 @@ async def rekey_unseal_key(barrier: Barrier, kek: bytes, cfg: SealConfig) -> Non
 async def rewrap_stale(mgr: SealManager, barrier: Barrier, stale: dict[str, str]) -> None:
     """Re-encrypt under the current HSM key the records an older key opened at unseal
     (``stale``: path → label of the key that opened it). Best effort: a record that
-    cannot be re-written now still decrypts, and is retried at the next unseal."""
+    cannot be re-written now still decrypts, and is retried at the next unseal. The keyring
+    of a cluster that follows a replication primary is the primary's and is left alone."""
     seal = mgr.wrap_seal
     if seal is None:
         return
+    if mgr.follows_primary:  # a replication secondary stores the primary's keyring as shipped
+        stale = {p: label for p, label in stale.items() if p != KEYRING_PATH}
     if HSM_ROOT_KEY_KEY in stale:  # the recovery key was made by the same (old) key
         stale = {RECOVERY_KEY_KEY: stale[HSM_ROOT_KEY_KEY], **stale}
     done: list[str] = []

@@ -19,6 +19,7 @@ from typing import Any, Awaitable, Callable
 from vaultraft.core.seal_state import (
     AUTO_UNSEAL_RETRY,
     HSM_ROOT_KEY_KEY,
+    HSM_ROOT_KEY_NEXT_KEY,
     RECOVERY_CONFIG_KEY,
     RECOVERY_KEY_KEY,
     ROOT_KEY_KEY,
@@ -30,6 +31,7 @@ from vaultraft.core.seal_state import (
     check_shares,
     decode_key,
     log,
+    wrapped_root_of,
 )
 from vaultraft.logical import InternalError, InvalidRequest, NotInitialized
 from vaultraft.seal.base import SEAL_TYPE_SHAMIR, AsyncSeal, SealDecryptError, SealError, SealUnavailable
@@ -162,6 +164,7 @@ class SealManager(SealState):
         """Persist the seal configuration: from now on the node counts as initialized."""
         await self._barrier.raw_put(SEAL_CONFIG_KEY, cfg.to_bytes())
         self._config = cfg
+        self.records_version += 1
 
     # ---- unseal ---------------------------------------------------------------------------------
 
@@ -228,11 +231,22 @@ class SealManager(SealState):
                                  "invalid key or key combination") from None
 
     async def _verify_recovery_key(self, seal: AsyncSeal, key: bytes) -> None:
+        """InvalidRequest unless ``key`` is the recovery key: the stored one, or (an HSM
+        replication secondary) the key that opens the primary's wrapped root key."""
         blob = await self._barrier.raw_get(RECOVERY_KEY_KEY)
         if blob is None:
             raise InternalError("the recovery key is missing from storage")
         stored = await self._decrypt(seal, blob, RECOVERY_KEY_KEY)
-        if not hmac.compare_digest(stored, key):
+        wrapped = wrapped_root_of(stored)
+        if wrapped is None:
+            ok = hmac.compare_digest(stored, key)
+        else:
+            root = self._barrier.root_key() if not self._barrier.sealed else await self._root_from_seal(seal)
+            try:
+                ok = hmac.compare_digest(unwrap_root_key(key, wrapped), root)
+            except RootKeyUnwrapError:
+                ok = False
+        if not ok:
             raise InvalidRequest("recovery key verification failed: recovery key does not match submitted values")
 
     async def verify_recovery_key(self, key: bytes) -> None:
@@ -256,6 +270,7 @@ class SealManager(SealState):
         blob = await self._encrypt(self._seal, key, RECOVERY_KEY_KEY)
         await write_seal_records(self._barrier, {RECOVERY_KEY_KEY: blob, RECOVERY_CONFIG_KEY: cfg.to_bytes()})
         self._recovery = cfg
+        self.records_version += 1
 
     async def set_unseal_key(self, kek: bytes, cfg: SealConfig) -> None:
         """Shamir rekey: store the root key wrapped by the new unseal key ``kek`` together
@@ -266,6 +281,7 @@ class SealManager(SealState):
             raise InvalidRequest("unseal keys can only be rekeyed with the shamir seal")
         await rekey_unseal_key(self._barrier, kek, cfg)
         self._config = cfg
+        self.records_version += 1
 
     async def share_config(self) -> SealConfig | None:
         """The config of the shares that authorize key operations now: the recovery
@@ -323,6 +339,19 @@ class SealManager(SealState):
         except InternalError:  # reported where it failed
             return None
 
+    async def staged_root(self) -> bytes | None:
+        """The root key staged at ``core/hsm/root-key-next`` by a replication activation that
+        was cut short before this cluster re-wrapped its primary's root key (HSM seal only;
+        None when there is none or the HSM cannot open it)."""
+        seal = self._seal
+        blob = await self._barrier.raw_get(HSM_ROOT_KEY_NEXT_KEY)
+        if seal is None or blob is None:
+            return None
+        try:
+            return await self._decrypt(seal, blob, HSM_ROOT_KEY_NEXT_KEY)
+        except InternalError:  # reported where it failed
+            return None
+
     async def after_unseal(self) -> None:
         """Run once the barrier is unsealed: finish a pending migration (errors propagate:
         the caller seals again), then re-wrap values made by a rotated-out HSM key."""
@@ -339,6 +368,7 @@ class SealManager(SealState):
                 _zero(secret)
                 self._config = None
                 self._recovery = None
+                self.records_version += 1
             await self.mode()
         if self._stale:
             stale, self._stale = dict(self._stale), {}
@@ -369,6 +399,13 @@ class SealManager(SealState):
         if self._auto_task is None or self._auto_task.done():
             self._auto_task = asyncio.get_running_loop().create_task(self._auto_unseal_loop(), name="auto_unseal")
         return self._auto_task
+
+    def resume_auto_unseal(self) -> None:
+        """Start the auto-unseal retries again (a node that sealed itself, e.g. a standby of
+        a new replication secondary waiting for its cluster's re-wrapped root key). A no-op
+        under Shamir or before :meth:`start_auto_unseal` registered the unseal callback."""
+        if self._unseal_cb is not None:
+            self.start_auto_unseal(self._unseal_cb)
 
     async def _auto_unseal_loop(self) -> None:
         while self._unseal_cb is not None:

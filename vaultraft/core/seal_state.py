@@ -11,6 +11,12 @@ Stored records (outside the barrier, so they can be read while sealed):
   can be verified while sealed (unseal, migration) and authorise generate-root/rekey.
 * ``core/recovery-config`` — pkcs11: recovery shares/threshold (Vault's JSON).
 
+These records are cluster-own (``storage.wal.CLUSTER_OWN_PREFIXES``): they never cross a
+replication link. A replication secondary keeps its own seal and makes these records follow
+its primary's key holders (:mod:`vaultraft.core.seal_replica`); on an HSM secondary
+``core/recovery-key`` then holds :data:`WRAPPED_ROOT_MARKER` + the root key wrapped by the
+primary's key (its unseal key or recovery key) instead of a recovery key of its own.
+
 With an HSM seal in force, the keyring (through the barrier's keyring hook) and any view
 given the manager as ``wrapper`` are seal-wrapped: encrypted once more by the HSM.
 """
@@ -41,10 +47,19 @@ log = structlog.get_logger("vaultraft.seal")
 SEAL_CONFIG_KEY = "core/seal-config"
 ROOT_KEY_KEY = "core/root-key"
 HSM_ROOT_KEY_KEY = "core/hsm/root-key"
+#: pkcs11, during a replication activation: the primary's root key encrypted by this HSM, tried
+#: when the root key of ``core/hsm/root-key`` no longer opens the keyring (an activation cut short).
+HSM_ROOT_KEY_NEXT_KEY = "core/hsm/root-key-next"
 RECOVERY_KEY_KEY = "core/recovery-key"
 RECOVERY_CONFIG_KEY = "core/recovery-config"
 #: Prefix of a seal-wrapped value (never the first bytes of a barrier ciphertext or JSON).
 SEAL_WRAP_MAGIC = b"\xffVRSW\x01"
+#: Prefix of an HSM secondary's recovery-key record that holds its primary's wrapped root key.
+#: A recovery key of the cluster's own is exactly 32 bytes; a marked record is longer.
+WRAPPED_ROOT_MARKER = b"\xffVRKH\x01"
+#: The seal records, stored unencrypted outside the barrier (``core/hsm/`` is a prefix).
+RAW_SEAL_RECORDS = (SEAL_CONFIG_KEY, ROOT_KEY_KEY, HSM_ROOT_KEY_KEY, HSM_ROOT_KEY_NEXT_KEY, RECOVERY_KEY_KEY,
+                    RECOVERY_CONFIG_KEY)
 AUTO_UNSEAL_RETRY = 5.0
 DEFAULT_HEALTH_INTERVAL = 10.0
 
@@ -60,6 +75,15 @@ def decode_key(key: str) -> bytes:
         return base64.b64decode(k, validate=True)
     except (binascii.Error, ValueError):
         raise InvalidRequest("'key' must be a valid hex or base64 string") from None
+
+
+def wrapped_root_of(recovery_record: bytes) -> bytes | None:
+    """The primary's wrapped root key when ``recovery_record`` (the HSM-decrypted value of
+    ``core/recovery-key``) is a marked one an HSM secondary adopted; None for a recovery key
+    of the cluster's own (32 random bytes)."""
+    if len(recovery_record) > len(WRAPPED_ROOT_MARKER) + 32 and recovery_record.startswith(WRAPPED_ROOT_MARKER):
+        return recovery_record[len(WRAPPED_ROOT_MARKER):]
+    return None
 
 
 def check_shares(n: int, t: int) -> None:
@@ -117,6 +141,12 @@ class SealState:
         self._monitor: asyncio.Task[None] | None = None
         self._auto_task: asyncio.Task[None] | None = None
         self._unseal_cb: Callable[[], Awaitable[None]] | None = None
+        #: Set by replication while this cluster follows a primary: the keyring (and seal-wrapped
+        #: mount values) are the primary's as shipped, unwrapped; this node never rewrites them.
+        self.follows_primary = False
+        #: Bumped whenever this node writes seal records (init, rekey, migration): a primary
+        #: then publishes its key holders again.
+        self.records_version = 0
         barrier.set_keyring_wrapper(self)
 
     # ---- configuration and mode -----------------------------------------------------------

@@ -20,8 +20,14 @@ import msgpack
 
 WAL_VERSION = 1
 
-#: Physical key prefixes that belong to one cluster and never cross a replication link.
-CLUSTER_OWN_PREFIXES: tuple[str, ...] = ("core/raft/", "core/leader", "core/replication/")
+#: Physical key prefixes that belong to one cluster and never cross a replication link: its
+#: Raft CA and members, its active node, its replication role, and its seal records (each
+#: cluster keeps its own seal; a secondary re-wraps its primary's root key with it, see
+#: core/replication/DESIGN.md). Prefix match: ``core/recovery-key`` also covers the
+#: rekey backup ``core/recovery-keys-backup``.
+CLUSTER_OWN_PREFIXES: tuple[str, ...] = ("core/raft/", "core/leader", "core/replication/",
+                                         "core/seal-config", "core/root-key", "core/hsm/",
+                                         "core/recovery-key", "core/recovery-config")
 
 
 def is_cluster_own(key: str) -> bool:

@@ -22,12 +22,14 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from vaultraft.core.key_ops import KeyOps
+from vaultraft.core.replication.key_sync import KEY_HOLDERS_MARK, KeyHolderSync
 from vaultraft.core.replication.records import (
     ReplicationRecord,
     SecondaryEntry,
     load_record,
     save_record,
 )
+from vaultraft.core.replication.seal_stream import UnwrappingSource, normalized_digest
 from vaultraft.core.tasks import cancel_and_wait
 from vaultraft.core.tokens.entry import new_token_id
 from vaultraft.logical import InvalidRequest, Unavailable
@@ -105,8 +107,9 @@ class _Registry:
 
 
 class _ActivatingSink(RaftReplicaSink):
-    """The replica sink, finishing a pending activation after the first complete bulk sync
-    and reloading the keyring when the primary's keyring changes."""
+    """The replica sink, finishing a pending activation after the first complete bulk sync,
+    reloading the keyring when the primary's keyring changes, following the primary's key
+    holders, and digesting the normalized keyspace (``seal_stream``)."""
 
     def __init__(self, manager: "ReplicationManager") -> None:
         raft = manager.core.cluster.raft
@@ -141,6 +144,17 @@ class _ActivatingSink(RaftReplicaSink):
         await super().apply_wal(lineage, entries)
         if any(b"core/keyring" in raw for e in entries for raw in e.batches):
             await self._m.reload_keyring()
+        if any(KEY_HOLDERS_MARK in raw for e in entries for raw in e.batches):
+            self._m.key_sync.shipped_changed()
+            self._m.poke()
+
+    async def digest(self, mode: str) -> tuple[int, str]:
+        keep: Any = lambda key: True  # noqa: E731
+        if mode != "dr" and self.local_filter is not None:
+            is_local = self.local_filter
+            keep = lambda key: not is_local(key)  # noqa: E731
+        core = self._m.core
+        return await normalized_digest(self.store, keep, core.barrier, core.seals, remote_index=True)
 
 
 class ReplicationManager:
@@ -165,6 +179,7 @@ class ReplicationManager:
         self.bundle_private_key: bytes | None = None  # from generate-public-key
         self.force_resync = False  # reindex: the next connection bulk-syncs
         self._operation_ops: KeyOps | None = None
+        self.key_sync = KeyHolderSync(core)
 
     async def request_resync(self) -> None:
         """Reindex: reconnect and rebuild this secondary's copy with a full bulk sync."""
@@ -273,6 +288,7 @@ class ReplicationManager:
         else:
             self.records[kind] = rec
         self.core.barrier.replicated_read_only = self.perf_secondary
+        self.core.seals.follows_primary = self.secondary_record() is not None
 
     def _pending_kind(self, kind: str) -> bool:
         return self.pending is not None and self.pending.record.kind == kind
@@ -352,6 +368,7 @@ class ReplicationManager:
                 raise
             except Exception as e:  # retried on the next round
                 log.warning("replication_reconcile_failed", error=type(e).__name__, detail=str(e)[:200])
+            await self.key_sync.safe_step(self)
             try:
                 await asyncio.wait_for(self._wake.wait(), RECONCILE_PERIOD)
             except TimeoutError:
@@ -418,7 +435,8 @@ class ReplicationManager:
         raft = self.core.cluster.raft
         assert raft is not None
         host, _, port = bind.rpartition(":")
-        source = RaftWalSource(raft, local_filter=self.core.is_local_key)
+        source = UnwrappingSource(RaftWalSource(raft, local_filter=self.core.is_local_key), self.core.barrier,
+                                  self.core.seals)
         server = ReplicationServer(source, _Registry(self), cert, host.strip("[]"), int(port))
         await server.start()
         self.server = server
@@ -452,17 +470,20 @@ class ReplicationManager:
     # ---- secondary activation ---------------------------------------------------------------
 
     async def finish_activation(self) -> None:
-        """After the first complete bulk sync: switch to the primary's keyring, re-encrypt
-        this cluster's own entries under it, and store the secondary record."""
+        """After the first complete bulk sync: switch to the primary's keyring, protect the
+        primary's root key with this cluster's own seal (its seal records follow the
+        primary's key holders), re-encrypt this cluster's own entries under the new keyring,
+        and store the secondary record."""
         p = self.pending
         if p is None:
             return
         core = self.core
         await core.barrier.switch_root_key(p.root_key)
+        await self.key_sync.after_switch()
         for path, plain in p.own_items:
             await core.barrier.put(path, plain)
         await save_record(self._view(), p.record)
-        core.seals.forget_config()  # the primary's seal configuration arrived with its data
+        core.seals.forget_config()
         self.pending = None
         self.set_record(p.record.kind, p.record)
         if p.record.kind == "performance":

@@ -96,6 +96,7 @@ async def enable_primary(core: "Core", primary_cluster_addr: str = "", kind: str
         rec = ReplicationRecord(kind=kind, mode="primary", cluster_id=cluster_id, lineage=str(uuid.uuid4()),
                                 epoch=max(1, await stored_epoch(m._view())), primary_cluster_addr=primary_cluster_addr,
                                 ca_cert_pem=ca.cert_pem.decode(), ca_key_pem=ca.key_pem.decode())
+    await m.key_sync.publish_now()  # refused (400) while a seal migration is pending
     await save_record(m._view(), rec)
     m.set_record(kind, rec)
     m.poke()
@@ -165,7 +166,9 @@ async def _primary_addrs(core: "Core", rec: ReplicationRecord) -> list[str]:
 
 async def _bundle(core: "Core", rec: ReplicationRecord, secondary_id: str, public_key: str) -> bytes:
     """The activation bundle for ``secondary_id``, encrypted to ``public_key``: its client
-    identity, the primary's root key and where the primary is."""
+    identity, the primary's root key and where the primary is. The key holders record the
+    secondary adopts is published first, so its bulk sync carries the current one."""
+    await core.replication.key_sync.publish_now()
     ca = ClusterCA.from_pem(rec.cluster_id, rec.ca_cert_pem.encode(), rec.ca_key_pem.encode())
     node = ca.issue(secondary_id)
     plain = msgpack.packb({
@@ -310,6 +313,7 @@ async def primary_merkle_root(core: "Core") -> tuple[int, str]:
     raft = core.cluster.raft
     if raft is None:
         raise InvalidRequest("replication requires integrated storage (storage \"raft\")")
+    from vaultraft.core.replication.seal_stream import UnwrappingSource
     from vaultraft.raft.replica import RaftWalSource
 
-    return await RaftWalSource(raft).digest("dr")
+    return await UnwrappingSource(RaftWalSource(raft), core.barrier, core.seals).digest("dr")

@@ -27,20 +27,26 @@ class ReplicationRoles:
         """A standby after the keyring changed: reload it. When this node's root key no longer
         opens it (the cluster was activated as a replication secondary and now runs on its
         primary's keys), seal but stay in consensus, so an operator unseals it with the
-        primary's keys. A keyring missing for a moment (a bulk sync replacing it) is waited
-        out. False when the keyring could not be loaded."""
+        primary's keys; with an HSM seal it unseals itself again once its active node has
+        re-wrapped the primary's root key. A keyring missing for a moment (a bulk sync
+        replacing it) is waited out. False when the keyring could not be loaded."""
         try:
             await self.barrier.reload_keyring()
             return True
         except BarrierInvalidKey:
             log.warning("keyring_unreadable_sealing")
             if self._self_seal is None or self._self_seal.done():
-                self._self_seal = asyncio.get_running_loop().create_task(self.seal(keep_consensus=True),
+                self._self_seal = asyncio.get_running_loop().create_task(self._seal_for_new_keys(),
                                                                          name="self_seal")
             return False
         except Exception as e:
             log.info("keyring_reload_deferred", error=type(e).__name__)
             return False
+
+    async def _seal_for_new_keys(self: "Core") -> None:  # type: ignore[misc]
+        """Seal, staying in consensus; then resume auto-unseal retries (HSM seal only)."""
+        await self.seal(keep_consensus=True)
+        self.seals.resume_auto_unseal()
 
     async def enter_dr_secondary(self: "Core") -> None:  # type: ignore[misc]
         """Stop serving clients: this cluster now only follows a DR primary."""

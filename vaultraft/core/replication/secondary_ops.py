@@ -34,6 +34,8 @@ from vaultraft.core.replication.records import (
     delete_record,
     save_record,
 )
+from vaultraft.core.seal_replica import check_secondary_seal, stage_root
+from vaultraft.core.seal_state import RAW_SEAL_RECORDS
 from vaultraft.logical import (
     InvalidRequest,
     PermissionDenied,
@@ -91,10 +93,12 @@ async def _fetch_bundle(token: ActivationToken, api_addr: str, ca_file: str, pub
 
 
 async def _own_items(core: "Core") -> list[tuple[str, bytes]]:
-    """This cluster's own entries (plaintext), to keep across the switch to the primary's keys."""
+    """This cluster's own barrier-encrypted entries (plaintext), to keep across the switch to
+    the primary's keys. The seal records are stored unencrypted: they stay as they are and
+    are made to follow the primary's key holders after the switch (``seal_replica.adopt``)."""
     out: list[tuple[str, bytes]] = []
-    stack = [p for p in CLUSTER_OWN_PREFIXES if p.endswith("/")]
-    for key in (p for p in CLUSTER_OWN_PREFIXES if not p.endswith("/")):
+    stack = [p for p in CLUSTER_OWN_PREFIXES if p.endswith("/") and p != "core/hsm/"]
+    for key in (p for p in CLUSTER_OWN_PREFIXES if not p.endswith("/") and p not in RAW_SEAL_RECORDS):
         v = await core.barrier.get(key)
         if v is not None:
             out.append((key, v))
@@ -130,6 +134,7 @@ async def activate_secondary(core: "Core", token_str: str, primary_api_addr: str
         raise InvalidRequest(f"invalid activation token: {e}") from None
     if token.mode != kind:
         raise InvalidRequest(f"the token is not a {kind} secondary activation token")
+    await check_secondary_seal(core.seals)  # before the token is used and anything is wiped
     if token.bundle:
         priv = m.bundle_private_key
         if priv is None:
@@ -154,6 +159,7 @@ async def activate_secondary(core: "Core", token_str: str, primary_api_addr: str
     except (BundleError, KeyError, TypeError, ValueError) as e:
         raise InvalidRequest(f"invalid activation bundle: {type(e).__name__}") from None
     own = await _own_items(core)
+    await stage_root(core.seals, core.barrier, root_key)
     await m._stop_client()
     m.pending = PendingActivation(rec, root_key, own, asyncio.Event())
     m.set_record(kind, m.records.get(kind))  # refresh the read-only flag for the pending role

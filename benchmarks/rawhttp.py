@@ -13,11 +13,13 @@ Plain ``http://`` only: the benchmarks run the cluster's loopback listeners with
 from __future__ import annotations
 
 import asyncio
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 __all__ = ["ProtocolError", "RawConnection", "encode_request"]
 
 _MAX_HEADER_BYTES = 64 * 1024
+#: What stays unescaped in a request path (RFC 3986 pchar, "/" and an already-escaped "%").
+_PATH_SAFE = "/:@!$&'()*+,;=-._~%"
 
 
 class ProtocolError(Exception):
@@ -25,8 +27,9 @@ class ProtocolError(Exception):
 
 
 def encode_request(method: str, host: str, path: str, headers: dict[str, str], body: bytes | None) -> bytes:
-    """The bytes of one HTTP/1.1 request (keep-alive, Content-Length framing)."""
-    lines = [f"{method} {path} HTTP/1.1", f"Host: {host}"]
+    """The bytes of one HTTP/1.1 request (keep-alive, Content-Length framing); ``path`` is
+    percent-encoded as a URL client would (a space becomes ``%20``)."""
+    lines = [f"{method} {quote(path, safe=_PATH_SAFE)} HTTP/1.1", f"Host: {host}"]
     lines += [f"{k}: {v}" for k, v in headers.items()]
     lines.append(f"Content-Length: {len(body) if body else 0}")
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (body or b"")

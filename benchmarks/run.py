@@ -359,6 +359,19 @@ def to_markdown(b: Bench, meta: dict[str, Any]) -> str:
         for sc in per_node:
             parts = ", ".join(f"{role} {statistics.median(v):.2f}" for role, v in sc.node_cpu_ms_per_op.items())
             lines.append(f"- {sc.name}: {parts}")
+    budget = [sc for sc in b.scenarios if sc.server_cpu is not None and sc.client_cpu is not None]
+    if budget:
+        cpus = int(meta.get("cpus") or 1)
+        lines += ["", (f"**CPU budget**: what the measured CPU per request allows at most on {cpus} CPUs "
+                       "(all CPU time of the servers and the client, nothing else running), and what "
+                       "the busiest server process alone allows (one Python process is bounded by "
+                       "about one core):"), ""]
+        for sc in budget:
+            assert sc.server_cpu is not None and sc.client_cpu is not None
+            total = sc.server_cpu + sc.client_cpu
+            busiest = max((statistics.median(v) for v in sc.node_cpu_ms_per_op.values()), default=sc.server_cpu)
+            lines.append(f"- {sc.name}: {total:.2f} ms/request in all → at most {cpus * 1000 / total:.0f}/s; "
+                         f"busiest process {busiest:.2f} ms → at most {1000 / busiest:.0f}/s")
     for sc in b.scenarios:
         if sc.failovers:
             each = ", ".join("–" if f.failover_s is None else f"{f.failover_s:.2f}" for f in sc.failovers)

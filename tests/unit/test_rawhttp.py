@@ -116,6 +116,11 @@ def test_parse_head_reads_status_length_and_close() -> None:
         _parse_head(b"HTTP/1.1 abc OK\r\n\r\n")
 
 
+def test_paths_are_percent_encoded() -> None:
+    req = encode_request("GET", "h", "/v1/secret/data/dev write-1", {}, None)
+    assert req.startswith(b"GET /v1/secret/data/dev%20write-1 HTTP/1.1\r\n")
+
+
 def test_only_plain_http_is_spoken() -> None:
     with pytest.raises(ValueError):
         RawConnection("https://127.0.0.1:8200")

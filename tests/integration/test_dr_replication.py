@@ -104,6 +104,13 @@ def test_operation_token_and_merkle_check(pair: Pair) -> None:
     status, body = n.request("PUT", "sys/replication/dr/secondary/merkle-check", {"dr_operation_token": op})
     assert status == 200 and body["data"]["equal"] is True, body
     assert body["data"]["merkle_corruption_report"]["corrupted_root"] is False
+
+    # status shows the same merkle_root on both sides once both are idle at the same point
+    def same_root() -> str | None:
+        mine, theirs = dr_status(p)["merkle_root"], dr_status(s)["merkle_root"]
+        return mine if mine and mine == theirs else None
+
+    assert len(wait_for("equal merkle roots in status", same_root, timeout=40)) == 64
     pair.op_token = op  # type: ignore[attr-defined]
 
 

@@ -1,15 +1,17 @@
 """A three-node DR secondary: after activation its standbys cannot open the primary's keyring,
 seal themselves while staying in the secondary's Raft group, and serve again (472) once
-unsealed with the primary's keys; after a promotion every node follows the new role."""
+unsealed with the primary's keys; a sealed member never keeps the Raft leadership; after a
+promotion every node follows the new role."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import pytest
 
 from cluster.local import LocalCluster
-from tests.integration.dr_helpers import MOUNT, activate, client, dr_status, operation_token, wait_for
+from tests.integration.dr_helpers import MOUNT, activate, caught_up, client, dr_status, operation_token, wait_for
 
 pytestmark = pytest.mark.xdist_group("test_dr_multinode_secondary")
 
@@ -35,6 +37,14 @@ def health(n) -> int:  # type: ignore[no-untyped-def]
         return 0
 
 
+def leads(n) -> bool:  # type: ignore[no-untyped-def]
+    try:
+        status, body = n.request("GET", "sys/leader")
+    except OSError:
+        return False
+    return status == 200 and bool(body.get("is_self"))
+
+
 def test_standbys_reseal_and_follow_the_primary_keys(sites: tuple[LocalCluster, LocalCluster]) -> None:
     p, s = sites
     for i in range(20):
@@ -45,6 +55,18 @@ def test_standbys_reseal_and_follow_the_primary_keys(sites: tuple[LocalCluster, 
     for n in standbys:
         wait_for(f"{n.name} to seal itself", lambda n=n: health(n) == 503)
     assert p.init is not None
+    # A sealed member that wins an election hands the leadership on. Kill the active node so
+    # that a sealed standby leads the Raft group, bring the node back and unseal it with the
+    # primary's keys: it must lead (and stream) again although both others stay sealed.
+    s.kill(act)
+    time.sleep(3.0)  # several election timeouts: a sealed standby leads the group now
+    s.restart(act, unseal=False)
+    for key in p.init.keys[: p.threshold]:
+        status, body = act.request("PUT", "sys/unseal", {"key": key})
+        assert status == 200, body
+    wait_for("the unsealed node to lead again", lambda: leads(act), timeout=45)
+    client(p).secrets.kv.v2.create_or_update_secret("k20", {"v": "20"}, mount_point=MOUNT)
+    caught_up(p, s)
     for n in standbys:
         for key in p.init.keys[: p.threshold]:
             status, body = n.request("PUT", "sys/unseal", {"key": key})

@@ -332,10 +332,11 @@ def test_replication_stanza_values(tmp_path) -> None:  # type: ignore[no-untyped
     path = tmp_path / "c.hcl"
     path.write_text('storage "raft" {\n  path = "/tmp/x"\n}\nlistener "tcp" {\n  address = "127.0.0.1:8200"\n'
                     '  tls_disable = true\n  replication_address = "127.0.0.1:9202"\n}\n'
-                    'replication {\n  dr_sync = true\n  dr_sync_timeout = "2s"\n  wal_retention_entries = 500\n'
-                    '  auto_promote = true\n  failover_timeout = "8s"\n  witness_address = "127.0.0.1:8300"\n'
+                    'replication {\n  dr_sync = true\n  dr_sync_timeout = "500ms"\n  wal_retention_entries = 500\n'
+                    '  auto_promote = true\n  failover_timeout = "8.5s"\n  witness_address = "127.0.0.1:8300"\n'
                     '  witness_tls_bundle = "/etc/vaultraft/witness.pem"\n}\n')
     cfg = load_config([str(path)])
     r = cfg.replication
-    assert (r.dr_sync, r.dr_sync_timeout, r.wal_retention_entries, r.auto_promote, r.failover_timeout) == (True, 2, 500, True, 8)
+    assert (r.dr_sync, r.dr_sync_timeout, r.wal_retention_entries, r.auto_promote, r.failover_timeout) == \
+        (True, 0.5, 500, True, 8.5)
     assert cfg.listeners[0].replication_address == "127.0.0.1:9202"

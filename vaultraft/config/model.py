@@ -132,9 +132,9 @@ class ReplicationConfig:
     wal_retention_entries: int = 100_000
     wal_retention_age: int = 3600
     dr_sync: bool = False
-    dr_sync_timeout: int = 5
+    dr_sync_timeout: float = 5.0  # seconds; fractions allowed ("500ms")
     auto_promote: bool = False
-    failover_timeout: int = 10
+    failover_timeout: float = 10.0  # seconds; fractions allowed
     witness_address: str = ""
     witness_tls_bundle: str = ""
     vault_options: dict[str, Any] = field(default_factory=dict)

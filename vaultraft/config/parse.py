@@ -31,7 +31,7 @@ from vaultraft.config.model import (
     join_host_port,
     split_host_port,
 )
-from vaultraft.framework import parse_duration
+from vaultraft.framework import parse_duration, parse_duration_seconds
 
 # Top-level keys Vault accepts that vaultraft tolerates without acting on them.
 _IGNORED_TOP = frozenset(
@@ -103,6 +103,16 @@ def _to_duration(value: Any) -> int:
         return parse_duration(value)
     except ValueError:
         raise _Fail(f"invalid duration {_show(value)} (use Go syntax such as \"768h\" or \"30m\")") from None
+
+
+def _to_seconds(value: Any) -> float:
+    """A duration that may be a fraction of a second ("500ms", "1.5s", 2)."""
+    if isinstance(value, (dict, list)) or isinstance(value, bool):
+        raise _Fail(f"expected a duration such as \"500ms\" or \"5s\", got {_show(value)}")
+    try:
+        return parse_duration_seconds(value)
+    except ValueError:
+        raise _Fail(f"invalid duration {_show(value)} (use Go syntax such as \"500ms\" or \"5s\")") from None
 
 
 def _to_int(value: Any) -> int:
@@ -432,7 +442,7 @@ def _replication(tagged: tuple[dict[str, Any], str]) -> ReplicationConfig:
     body, name = tagged
     convs: dict[str, Callable[[Any], Any]] = {
         "wal_retention_entries": _to_int, "wal_retention_age": _to_duration, "dr_sync": _to_bool,
-        "dr_sync_timeout": _to_duration, "auto_promote": _to_bool, "failover_timeout": _to_duration,
+        "dr_sync_timeout": _to_seconds, "auto_promote": _to_bool, "failover_timeout": _to_seconds,
         "witness_address": _to_str, "witness_tls_bundle": _to_str,
     }
     values: dict[str, Any] = {}

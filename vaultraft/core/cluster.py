@@ -121,6 +121,7 @@ class ClusterLink:
             return
         if self.removed:
             raise InvalidRequest(raft_removal.REMOVED_MESSAGE)
+        self.raft.yield_leadership = False
         raw = await core_view.get(TLS_KEY)
         if raw is None:
             raise RuntimeError("cluster TLS material is missing from storage")
@@ -131,6 +132,11 @@ class ClusterLink:
             await self.raft.stop_consensus()
         self._ca = ca
         await self.raft.start_consensus(self._transport(self._ca))
+
+    def follow_sealed(self) -> None:
+        """This node stays in consensus while sealed: it must not keep the leadership."""
+        if self.raft is not None:
+            self.raft.yield_leadership = True
 
     async def stop(self) -> None:
         """On seal or shutdown: leave consensus."""

@@ -303,7 +303,9 @@ class Core(ReplicationRoles):
         async with self._lock:
             await self._teardown()
             self.barrier.seal()
-            if not keep_consensus:
+            if keep_consensus:
+                self.cluster.follow_sealed()
+            else:
                 await self.cluster.stop()
             await self.seals.on_sealed()  # issue 4: also stops the HSM health monitor
             log.info("core_sealed", consensus=keep_consensus)

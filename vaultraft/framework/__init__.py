@@ -5,6 +5,6 @@ come from that list; handlers never parse raw request bodies themselves.
 """
 
 from vaultraft.framework.backend import Backend, Handler, Path
-from vaultraft.framework.fields import Field, FieldData, FieldType, parse_duration
+from vaultraft.framework.fields import Field, FieldData, FieldType, parse_duration, parse_duration_seconds
 
-__all__ = ["Backend", "Field", "FieldData", "FieldType", "Handler", "Path", "parse_duration"]
+__all__ = ["Backend", "Field", "FieldData", "FieldType", "Handler", "Path", "parse_duration", "parse_duration_seconds"]

@@ -85,14 +85,24 @@ class Field:
 
 
 def parse_duration(value: Any) -> int:
-    """Seconds from an int, a numeric string, or a Go duration ("1h30m", "90s", "2d").
+    """Whole seconds from an int, a numeric string, or a Go duration ("1h30m", "90s", "2d");
+    a fraction of a second is dropped.
 
     Raises ValueError for anything else or for a negative duration.
     """
+    return int(parse_duration_seconds(value))
+
+
+def parse_duration_seconds(value: Any) -> float:
+    """Seconds, fractions kept ("500ms" is 0.5), from what :func:`parse_duration` accepts.
+
+    Raises ValueError for anything else or for a negative duration.
+    """
+    secs: float
     if isinstance(value, bool):
         raise ValueError("a boolean is not a duration")
     if isinstance(value, (int, float)):
-        secs = int(value)
+        secs = value
     elif isinstance(value, str):
         s = value.strip()
         if s == "":
@@ -108,7 +118,7 @@ def parse_duration(value: Any) -> int:
                 pos = m.end()
             if pos != len(s) or pos == 0:
                 raise ValueError(f"invalid duration {value!r}")
-            secs = int(total)
+            secs = total
     else:
         raise ValueError(f"invalid duration {value!r}")
     if secs < 0:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import random
 import os
 import time
 from dataclasses import dataclass, field
@@ -58,6 +59,8 @@ ATTEMPT_TIMEOUT = 3.0
 JOURNAL_FLUSH_INTERVAL = 0.05
 #: pysyncobj's tick: the longest its thread sleeps in poll() when no socket or command wakes it.
 AUTO_TICK_PERIOD = 0.01
+#: How often a sealed leader tries to hand leadership on.
+YIELD_INTERVAL = 1.0
 SNAPSHOT_INVALIDATES = ("core/keyring", "core/mounts", "core/auth", "core/audit", "sys/policy/")
 _RETRYABLE = {FAIL_REASON.QUEUE_FULL, FAIL_REASON.MISSING_LEADER, FAIL_REASON.DISCARDED,
               FAIL_REASON.NOT_LEADER, FAIL_REASON.LEADER_CHANGED, FAIL_REASON.UNKNOWN_OUTCOME}
@@ -157,6 +160,10 @@ class RaftPhysical(MembershipMixin):
         self._applied_event = asyncio.Event()
         self._applied_waiters = 0
         self.voter = True  # as recorded; set again by start_consensus
+        #: Set while this node follows the log sealed: it cannot serve as active, so when it
+        #: wins an election it hands leadership on (see _on_tick).
+        self.yield_leadership = False
+        self._last_yield = -math.inf
         #: Addresses of the registered non-voters allowed to follow the log (kept by core).
         self.non_voters: frozenset[str] = frozenset()
 
@@ -261,6 +268,8 @@ class RaftPhysical(MembershipMixin):
         try:
             if not obj._isLeader():
                 return
+            if self.yield_leadership:
+                self._yield(obj)
             others = obj._SyncObj__otherNodes
             last = obj._SyncObj__lastResponseTime
             self._lease = (int(obj._getTerm()),
@@ -269,6 +278,22 @@ class RaftPhysical(MembershipMixin):
                 obj._SyncObj__pipeNotifier.notify()
         except (RuntimeError, AttributeError, IndexError, OSError):  # never break pysyncobj's tick
             pass
+
+    def _yield(self, obj: Any) -> None:
+        """A sealed leader: every YIELD_INTERVAL, hand leadership to a caught-up member chosen
+        at random (pysyncobj's own choice is deterministic, so two sealed members could pass
+        it back and forth forever while an unsealed one waits)."""
+        now = raft_clock()
+        if now - self._last_yield < YIELD_INTERVAL:
+            return
+        self._last_yield = now
+        last = obj._SyncObj__raftLog[-1][1]
+        match = obj._SyncObj__raftMatchIndex
+        ready = [n for n in obj._SyncObj__otherNodes if n in obj._SyncObj__connectedNodes and match.get(n, 0) == last]
+        if ready:
+            target = random.choice(ready)
+            log.info("raft_leadership_yielded", to=str(target.address), reason="sealed")
+            obj.transferLeadership(target)
 
     def _on_snapshot_installed(self) -> None:
         """A snapshot replaced the store: every cache built on the old state is stale."""

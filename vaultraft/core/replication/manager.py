@@ -23,6 +23,7 @@ import structlog
 
 from vaultraft.core.key_ops import KeyOps
 from vaultraft.core.replication.key_sync import KEY_HOLDERS_MARK, KeyHolderSync
+from vaultraft.core.replication.merkle import MerkleRoots
 from vaultraft.core.replication.records import (
     ReplicationRecord,
     SecondaryEntry,
@@ -180,6 +181,7 @@ class ReplicationManager:
         self.force_resync = False  # reindex: the next connection bulk-syncs
         self._operation_ops: KeyOps | None = None
         self.key_sync = KeyHolderSync(core)
+        self.merkle = MerkleRoots(self._digest_for_status, self._applied_index)
 
     async def request_resync(self) -> None:
         """Reindex: reconnect and rebuild this secondary's copy with a full bulk sync."""
@@ -350,6 +352,7 @@ class ReplicationManager:
         """At seal: stop the server, the client and the loop."""
         task, self._task = self._task, None
         await cancel_and_wait(task)
+        await self.merkle.close()
         await self.fencing.close()
         await self._stop_client()
         await self._stop_server()
@@ -501,6 +504,24 @@ class ReplicationManager:
 
     # ---- status ------------------------------------------------------------------------------
 
+    def _applied_index(self) -> int:
+        raft = self.core.cluster.raft
+        return raft.applied_index() if raft is not None else 0
+
+    async def _digest_for_status(self, kind: str) -> tuple[int, str]:
+        """What merkle-check compares: the primary's shipped keyspace for ``kind``, or this
+        secondary's replicated keyspace."""
+        raft = self.core.cluster.raft
+        rec = self.records.get(kind)
+        if raft is None or rec is None:
+            return 0, ""
+        if rec.mode == "primary":
+            return await UnwrappingSource(RaftWalSource(raft), self.core.barrier, self.core.seals).digest(kind)
+        sink = _ActivatingSink(self)
+        if kind != "dr":
+            sink.local_filter = self.core.is_local_key
+        return await sink.digest(kind)
+
     def status(self, kind: str) -> dict[str, Any]:
         """Vault's ``sys/replication/<kind>/status`` data for this node."""
         rec = self.records.get(kind)
@@ -510,7 +531,7 @@ class ReplicationManager:
         if rec is None:
             return {"mode": "disabled"}
         source = self.core.cluster.raft
-        merkle = ""
+        merkle = self.merkle.root(kind) if rec.mode in ("primary", "secondary") and not self._pending_kind(kind) else ""
         if rec.mode == "primary":
             secondaries: list[dict[str, Any]] = []
             for s in rec.secondaries:

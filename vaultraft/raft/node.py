@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import math
-import random
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import structlog
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
@@ -28,7 +28,7 @@ from pysyncobj.monotonic import (
 )
 from pysyncobj.node import TCPNode
 
-from vaultraft.raft.background import JournalSync, lease_expiry
+from vaultraft.raft.background import JournalSync
 from vaultraft.raft.command import Command, CommandKind
 from vaultraft.raft.errors import (
     CommitTimeout,
@@ -37,6 +37,7 @@ from vaultraft.raft.errors import (
     RaftError,
 )
 from vaultraft.raft.fsm import ApplyObserver, StateMachine
+from vaultraft.raft.leadership import LeadershipMixin
 from vaultraft.raft.membership import MembershipMixin
 from vaultraft.raft.snapshot import pysyncobj_hooks
 from vaultraft.storage import ApplyResult, Batch
@@ -59,8 +60,6 @@ ATTEMPT_TIMEOUT = 3.0
 JOURNAL_FLUSH_INTERVAL = 0.05
 #: pysyncobj's tick: the longest its thread sleeps in poll() when no socket or command wakes it.
 AUTO_TICK_PERIOD = 0.01
-#: How often a sealed leader tries to hand leadership on.
-YIELD_INTERVAL = 1.0
 SNAPSHOT_INVALIDATES = ("core/keyring", "core/mounts", "core/auth", "core/audit", "sys/policy/")
 _RETRYABLE = {FAIL_REASON.QUEUE_FULL, FAIL_REASON.MISSING_LEADER, FAIL_REASON.DISCARDED,
               FAIL_REASON.NOT_LEADER, FAIL_REASON.LEADER_CHANGED, FAIL_REASON.UNKNOWN_OUTCOME}
@@ -130,7 +129,7 @@ class RaftStatus:
     non_voters: set[str] = field(default_factory=set)  # non-voters following this node now
 
 
-class RaftPhysical(MembershipMixin):
+class RaftPhysical(LeadershipMixin, MembershipMixin):
     """Implements :class:`vaultraft.storage.Physical` on a Raft-replicated LMDB."""
 
     storage_type = "raft"
@@ -253,48 +252,6 @@ class RaftPhysical(MembershipMixin):
     # of nodes (the page cache keeps them) and an OS crash of a minority; this bounds what
     # simultaneous power loss of a majority could lose to about one flush interval.
 
-    def _on_tick(self) -> None:
-        """Runs on pysyncobj's thread after every tick, before it polls for events.
-
-        * Recomputes the quorum lease expiry that :meth:`has_lease` compares against (from
-          the same followers' last response times it used to read on every call).
-        * A single-node leader commits an entry only on the tick after it was added, and
-          nothing else wakes that tick's poll: wake it at once instead of after a full
-          AUTO_TICK_PERIOD (with followers, their answers wake it).
-        """
-        obj = self._obj
-        if obj is None:
-            return
-        try:
-            if not obj._isLeader():
-                return
-            if self.yield_leadership:
-                self._yield(obj)
-            others = obj._SyncObj__otherNodes
-            last = obj._SyncObj__lastResponseTime
-            self._lease = (int(obj._getTerm()),
-                           lease_expiry([last.get(n, -math.inf) for n in others], len(others) + 1, self.tuning.lease))
-            if not others and obj.raftCommitIndex < obj._SyncObj__raftLog[-1][1]:
-                obj._SyncObj__pipeNotifier.notify()
-        except (RuntimeError, AttributeError, IndexError, OSError):  # never break pysyncobj's tick
-            pass
-
-    def _yield(self, obj: Any) -> None:
-        """A sealed leader: every YIELD_INTERVAL, hand leadership to a caught-up member chosen
-        at random (pysyncobj's own choice is deterministic, so two sealed members could pass
-        it back and forth forever while an unsealed one waits)."""
-        now = raft_clock()
-        if now - self._last_yield < YIELD_INTERVAL:
-            return
-        self._last_yield = now
-        last = obj._SyncObj__raftLog[-1][1]
-        match = obj._SyncObj__raftMatchIndex
-        ready = [n for n in obj._SyncObj__otherNodes if n in obj._SyncObj__connectedNodes and match.get(n, 0) == last]
-        if ready:
-            target = random.choice(ready)
-            log.info("raft_leadership_yielded", to=str(target.address), reason="sealed")
-            obj.transferLeadership(target)
-
     def _on_snapshot_installed(self) -> None:
         """A snapshot replaced the store: every cache built on the old state is stale."""
         observer = self.fsm.observer
@@ -303,43 +260,6 @@ class RaftPhysical(MembershipMixin):
 
     def _on_state_changed(self, old: int, new: int) -> None:
         log.info("raft_state_changed", old=old, new=new)
-
-    # ---- roles -----------------------------------------------------------------------------
-
-    def accepts_non_voter(self, address: str) -> bool:
-        """The transport's admission policy for non-voters (called on the Raft thread)."""
-        return address in self.non_voters
-
-    def is_leader(self) -> bool:
-        """pysyncobj believes this node leads (may be stale: see :meth:`has_lease`)."""
-        obj = self._obj
-        return obj is not None and bool(obj._isLeader())
-
-    def has_lease(self) -> bool:
-        """Leader AND a quorum acknowledged it within the lease AND its no-op is applied.
-
-        A node must not act as active on leadership alone (pysyncobj has no pre-vote and
-        can briefly have two leaders): this is the check before serving as active.
-        """
-        obj = self._obj
-        if obj is None or not obj._isLeader() or self.fsm.failed:
-            return False
-        try:
-            noop = obj._SyncObj__noopIDx
-            if noop is None or obj.raftLastApplied < noop:
-                return False
-            term, expiry = self._lease  # recomputed by the tick thread (see _on_tick)
-            return bool(term == obj._getTerm() and raft_clock() < expiry)
-        except AttributeError:
-            return False
-
-    def leader_addr(self) -> str | None:
-        """The cluster address of the last known leader, or None."""
-        obj = self._obj
-        if obj is None:
-            return None
-        leader = obj._getLeader()
-        return None if leader is None else str(leader.address)
 
     def status(self) -> RaftStatus:
         """Membership and progress as this node sees them."""

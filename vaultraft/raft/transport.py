@@ -253,20 +253,28 @@ class TlsTransport(Transport):  # type: ignore[misc]  # pysyncobj ships no type 
         elif not self._peerMatches(conn, node.address):
             reason = "certificate node id does not match the announced address"
         if reason is not None:
-            throttled_log("warning", "raft_peer_rejected", peer=conn.peer_id, remote=conn.remote, reason=reason)
-            conn.disconnect()
+            self._reject(conn, reason)
             return
+        self._accept(conn, node, self._onPeerMessage, self._onNodeConnected)
+
+    def _reject(self, conn: TlsConnection, reason: str) -> None:
+        throttled_log("warning", "raft_peer_rejected", peer=conn.peer_id, remote=conn.remote, reason=reason)
+        conn.disconnect()
+
+    def _accept(self, conn: TlsConnection, node: Any, on_message: Callable[[TlsConnection, Any, Any], None],
+                on_connected: Callable[[Any], None]) -> None:
+        """Bind an authenticated hello's connection to ``node`` (replacing an older one)."""
         old = self._connections.get(node)
         self._unknown.discard(conn)
         self._connections[node] = conn
         conn.deadline = None
         conn.frame_limit = self.settings.max_frame_bytes
-        conn.on_message = functools.partial(self._onPeerMessage, conn, node)
+        conn.on_message = functools.partial(on_message, conn, node)
         if old is not None and old is not conn:
             old.disconnect()  # superseded: the peer reconnected
         conn.send(HELLO_ACCEPTED)
         if conn.authenticated:
-            self._onNodeConnected(node)
+            on_connected(node)
 
     def _onReadonlyHello(self, conn: TlsConnection, address: str) -> None:
         policy = self.settings.accept_readonly
@@ -284,23 +292,12 @@ class TlsTransport(Transport):  # type: ignore[misc]  # pysyncobj ships no type 
             except Exception:  # noqa: BLE001 - a failing policy fails closed
                 reason = "not a registered non-voter"
         if reason is not None:
-            throttled_log("warning", "raft_peer_rejected", peer=conn.peer_id, remote=conn.remote, reason=reason)
-            conn.disconnect()
+            self._reject(conn, reason)
             return
         node = self._readonlyPeers.get(address)
         if node is None:
             node = self._readonlyPeers[address] = TCPNode(address)
-        old = self._connections.get(node)
-        self._unknown.discard(conn)
-        self._connections[node] = conn
-        conn.deadline = None
-        conn.frame_limit = self.settings.max_frame_bytes
-        conn.on_message = functools.partial(self._onReadonlyMessage, conn, node)
-        if old is not None and old is not conn:
-            old.disconnect()  # superseded: the non-voter reconnected
-        conn.send(HELLO_ACCEPTED)
-        if conn.authenticated:
-            self._onReadonlyNodeConnected(node)
+        self._accept(conn, node, self._onReadonlyMessage, self._onReadonlyNodeConnected)
 
     def _dropUnregisteredReadonly(self) -> None:
         """Close the connection of every non-voter no longer registered (removed peers)."""

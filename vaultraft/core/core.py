@@ -460,7 +460,14 @@ class Core(ReplicationRoles):
         that is promoted serves its primary's tokens, salts and tables)."""
         core_view = BarrierView(self.barrier, "core/", local=False)
         core_local = BarrierView(self.barrier, "core/", local=True)
-        cluster_raw = await core_view.get("cluster")
+        try:
+            cluster_raw = await core_view.get("cluster")
+        except BarrierDecryptError:
+            # a replication activation under way: the primary's copy arrived, its keyring
+            # not yet (this node runs on its own keys until the activation's switch)
+            if not self.replication.activating:
+                raise
+            cluster_raw = None
         cluster = json.loads(cluster_raw.value) if cluster_raw else {"id": "", "name": ""}
         audit_table = AuditTable(core_view, core_local, self.audit)
         return _Unsealed(
@@ -544,7 +551,8 @@ class Core(ReplicationRoles):
         dr_secondary = self.replication.dr_secondary
         if self.cluster.enabled:
             await self.barrier.reload_keyring()
-        if not dr_secondary:  # a DR secondary writes nothing but its own records
+        # a DR secondary writes nothing but its own records; an activation reads no tables
+        if not dr_secondary and not self.replication.activating:
             # a performance secondary's replicated tables belong to its primary: never create them
             await self._load_tables(create=not self.replication.perf_secondary)
         raft = self.cluster.raft
@@ -562,13 +570,22 @@ class Core(ReplicationRoles):
         self._active = True
         log.info("became_active")
 
+    async def refresh_cluster_identity(self) -> None:
+        """Re-read the cluster id and name (a secondary after the switch to its primary's keys)."""
+        u, view = self._u, BarrierView(self.barrier, "core/", local=False)
+        raw = await view.get("cluster") if u is not None else None
+        if u is not None and raw is not None:
+            cluster = json.loads(raw.value)
+            u.cluster_id, u.cluster_name = cluster["id"], cluster["name"]
+
     async def _become_standby(self) -> None:
         was_active, self._active = self._active, False
         u = self._u
         if u is not None and u.tidy_task is not None:
             await _cancel(u.tidy_task)
             u.tidy_task = None
-        if u is not None and self.settings.performance_standby and not self.replication.dr_secondary:
+        if (u is not None and self.settings.performance_standby and not self.replication.dr_secondary
+                and not self.replication.activating):
             await self.barrier.reload_keyring()
             await self._load_tables(create=False)
         if was_active:

@@ -213,9 +213,32 @@ async def adopt(mgr: SealManager, barrier: Barrier) -> bool:
     Everything changed is written in ONE batch. True when it wrote; False when they already
     matched or no record has arrived yet. InternalError when the HSM fails or a seal
     migration is pending (retried later by the caller)."""
+    found = await adoption_records(mgr, barrier)
+    if found is None:
+        return False
+    kh, records = found
+    if not records:
+        return False
+    await write_seal_records(barrier, records)
+    mgr.forget_config()
+    log_adopted(await mgr.mode(), kh, records)
+    return True
+
+
+def log_adopted(mode: Any, kh: KeyHolders, records: dict[str, bytes | None]) -> None:
+    """The ``replication_key_holders_adopted`` line (no key material)."""
+    log.info("replication_key_holders_adopted", seal=mode.stored_type, primary_keys=kh.kind,
+             shares=kh.secret_shares, threshold=kh.secret_threshold, rewrapped_root=HSM_ROOT_KEY_KEY in records)
+
+
+async def adoption_records(mgr: SealManager, barrier: Barrier) -> tuple[KeyHolders, dict[str, bytes | None]] | None:
+    """What :func:`adopt` writes (path -> raw value, None deletes), for the primary's key
+    holders record read through ``barrier`` and the root key ``barrier`` holds; None when
+    no key holders record has arrived. Writes nothing (the activation puts these records in
+    the batch that switches the keyring)."""
     kh = await read_published(barrier)
     if kh is None:
-        return False
+        return None
     mode = await mgr.mode()
     want = kh.config()
     records: dict[str, bytes | None] = {}
@@ -239,13 +262,7 @@ async def adopt(mgr: SealManager, barrier: Barrier) -> bool:
             records[HSM_ROOT_KEY_NEXT_KEY] = None  # staged for the activation: done with
     else:
         raise InternalError(f"cannot follow the primary's key holders with the seal in mode {mode.kind}")
-    if not records:
-        return False
-    await write_seal_records(barrier, records)
-    mgr.forget_config()
-    log.info("replication_key_holders_adopted", seal=mode.stored_type, primary_keys=kh.kind,
-             shares=kh.secret_shares, threshold=kh.secret_threshold, rewrapped_root=HSM_ROOT_KEY_KEY in records)
-    return True
+    return kh, records
 
 
 async def stage_root(mgr: SealManager, barrier: Barrier, root_key: bytes) -> None:

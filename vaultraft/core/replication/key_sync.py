@@ -86,7 +86,7 @@ class KeyHolderSync:
             self._published = None
             self.adopt_needed = True
             return
-        if m.pending is not None:
+        if m.activating:  # the activation's switch adopts the primary's key holders
             return
         following = m.secondary_record()
         if following is not None:

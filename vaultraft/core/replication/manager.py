@@ -16,15 +16,20 @@ import asyncio
 import hashlib
 import hmac
 import time
-from dataclasses import dataclass, replace
+import secrets
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from vaultraft.barrier import KEYRING_PATH, Barrier, BarrierInvalidKey
 from vaultraft.core.key_ops import KeyOps
-from vaultraft.core.replication.key_sync import KEY_HOLDERS_MARK, KeyHolderSync
+from vaultraft.core.replication import staging
+from vaultraft.core.replication.key_sync import KEY_HOLDERS_MARK, RECOVERY_BACKUP_KEY, KeyHolderSync
 from vaultraft.core.replication.merkle import MerkleRoots
 from vaultraft.core.replication.records import (
+    EPOCH_KEY,
+    RECORD_PREFIX,
     ReplicationRecord,
     SecondaryEntry,
     load_record,
@@ -33,13 +38,17 @@ from vaultraft.core.replication.records import (
 from vaultraft.core.replication.seal_stream import UnwrappingSource, normalized_digest
 from vaultraft.core.tasks import cancel_and_wait
 from vaultraft.core.tokens.entry import new_token_id
-from vaultraft.logical import InvalidRequest, Unavailable
+from vaultraft.core.seal_replica import adoption_records, log_adopted
+from vaultraft.core.seal_state import RAW_SEAL_RECORDS
+from vaultraft.logical import InternalError, InvalidRequest, Unavailable
 from vaultraft.raft.replica import RaftReplicaSink, RaftWalSource
 from vaultraft.raft.tls import ClusterCA, NodeCert, address_ips
 from vaultraft.replication.client import ReplicationClient
 from vaultraft.replication.interfaces import ReplicaPosition
 from vaultraft.replication.registry import PrimaryState, SecondaryContact
 from vaultraft.replication.server import ReplicationServer
+from vaultraft.storage import Batch, Op
+from vaultraft.storage.wal import CLUSTER_OWN_PREFIXES
 
 if TYPE_CHECKING:
     from vaultraft.core.core import Core
@@ -52,13 +61,33 @@ RECONCILE_PERIOD = 0.25
 @dataclass
 class PendingActivation:
     """A secondary between activation and the end of its first bulk sync: the record to
-    store, the primary's root key, and this cluster's own entries (plaintext, in memory
-    only) to re-encrypt under the primary's keyring once it has arrived."""
+    store and the primary's root key. Both are also staged durably in this cluster's own
+    log (``staging.py``), so whichever node is active finishes the activation."""
 
     record: ReplicationRecord
-    root_key: bytes
-    own_items: list[tuple[str, bytes]]
-    done: asyncio.Event
+    root_key: bytes = field(repr=False)
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class _KeyringOverlay:
+    """Storage as seen by a scratch barrier: ``core/keyring`` is the shipped keyring held
+    back by the activation, every other read goes to the real store (read only)."""
+
+    def __init__(self, physical: Any, keyring_blob: bytes) -> None:
+        self._physical, self._blob = physical, keyring_blob
+
+    async def get(self, key: str) -> bytes | None:
+        if key == KEYRING_PATH:
+            return self._blob
+        got: bytes | None = await self._physical.get(key)
+        return got
+
+    async def list(self, prefix: str) -> list[str]:
+        listed: list[str] = await self._physical.list(prefix)
+        return listed
+
+    async def apply(self, batch: Any) -> Any:
+        raise InternalError("the activation's scratch barrier is read only")
 
 
 class _Registry:
@@ -117,6 +146,7 @@ class _ActivatingSink(RaftReplicaSink):
         assert raft is not None
         super().__init__(raft)
         self._m = manager
+        self._held_keyring: bytes | None = None  # the primary's keyring, during a first bulk sync
 
     def position(self) -> Any:
         pos = super().position()
@@ -134,11 +164,31 @@ class _ActivatingSink(RaftReplicaSink):
         keep: tuple[str, ...] = ()
         if self._m.perf_secondary and self._m.pending is None:
             keep = self._m.core.local_prefixes()
+        self._held_keyring = None
+        if self._m.pending is not None:
+            # an activation keeps this cluster's own keyring until the switch, which
+            # stores the primary's in one batch with everything that depends on it
+            keep = (KEYRING_PATH,)
         await self.begin_bulk_keeping(lineage, index, keep)
 
+    async def bulk_put(self, items: Any) -> None:
+        if self._m.pending is not None:
+            rest = []
+            for k, v in items:
+                if k == KEYRING_PATH:
+                    self._held_keyring = bytes(v)
+                else:
+                    rest.append((k, v))
+            items = rest
+        await super().bulk_put(items)
+
     async def end_bulk(self, lineage: str, index: int) -> None:
+        if self._m.pending is not None:
+            held, self._held_keyring = self._held_keyring, None
+            if held is None:
+                raise InternalError("the bulk sync carried no keyring; retrying the activation")
+            await self._m.finish_activation(held)
         await super().end_bulk(lineage, index)
-        await self._m.finish_activation()
         await self._m.reload_keyring()
 
     async def apply_wal(self, lineage: str, entries: Any) -> None:
@@ -165,6 +215,8 @@ class ReplicationManager:
         self.core = core
         self.records: dict[str, ReplicationRecord] = {}
         self.pending: PendingActivation | None = None
+        self.staged_kind: str | None = None  # the kind of an activation staged in storage
+        self._staged_unreadable = False
         self.contacts: dict[str, SecondaryContact] = {}
         self.active_replication_addr: str | None = None
         self.server: ReplicationServer | None = None
@@ -296,9 +348,15 @@ class ReplicationManager:
         return self.pending is not None and self.pending.record.kind == kind
 
     @property
+    def activating(self) -> bool:
+        """Whether an activation is under way (in memory here, or staged in storage)."""
+        return self.pending is not None or self.staged_kind is not None
+
+    @property
     def dr_secondary(self) -> bool:
         """Whether this cluster is (or is becoming) a DR secondary: it serves no clients."""
-        return self._pending_kind("dr") or (self.dr is not None and self.dr.mode == "secondary")
+        return (self._pending_kind("dr") or self.staged_kind == "dr"
+                or (self.dr is not None and self.dr.mode == "secondary"))
 
     @property
     def perf_secondary(self) -> bool:
@@ -336,6 +394,7 @@ class ReplicationManager:
 
     async def load(self) -> None:
         """Re-read this cluster's records (standbys follow the active node's changes)."""
+        self.staged_kind = staging.staged_kind(await self.core.barrier.raw_get(staging.STAGED_KEY))
         for kind in ("dr", "performance"):
             self.set_record(kind, await load_record(self._view(), kind))
 
@@ -389,6 +448,8 @@ class ReplicationManager:
                 await self.core.enter_dr_secondary()
             elif was_perf != self.perf_secondary:  # a performance role changed: fresh stores
                 await self.core.leave_dr_secondary()
+        if self.core.active:
+            await self._sync_staged()
         await self._refresh_active_addr()
         rec = self.primary_record()
         if rec is not None:
@@ -472,25 +533,119 @@ class ReplicationManager:
 
     # ---- secondary activation ---------------------------------------------------------------
 
-    async def finish_activation(self) -> None:
-        """After the first complete bulk sync: switch to the primary's keyring, protect the
-        primary's root key with this cluster's own seal (its seal records follow the
-        primary's key holders), re-encrypt this cluster's own entries under the new keyring,
-        and store the secondary record."""
+    async def _sync_staged(self) -> None:
+        """The active node: follow the activation staged in storage. Resume one this node
+        does not hold in memory (it became active, or was restarted and unsealed, while an
+        activation was under way); forget one that is no longer staged (another node
+        finished it)."""
+        raw = await self.core.barrier.raw_get(staging.STAGED_KEY)
+        self.staged_kind = staging.staged_kind(raw)
+        if raw is None:
+            self._staged_unreadable = False
+            p, self.pending = self.pending, None
+            if p is not None:
+                p.done.set()
+                await self._stop_client()
+                self.set_record(p.record.kind, self.records.get(p.record.kind))
+            return
+        if self.pending is not None:
+            return
+        try:
+            staged = await staging.load(self.core.seals, self.core.barrier)
+        except staging.StagedUnreadable:
+            if not self._staged_unreadable:
+                log.warning("replication_staged_activation_unreadable")
+            self._staged_unreadable = True
+            return
+        if staged is None:
+            return
+        await self._stop_client()
+        self.pending = PendingActivation(staged.record, staged.root_key)
+        self.set_record(staged.record.kind, self.records.get(staged.record.kind))
+        await self.core.enter_dr_secondary()
+        log.info("replication_secondary_activation_resumed", kind=staged.record.kind,
+                 secondary_id=staged.record.secondary_id)
+
+    async def _own_plaintexts(self) -> dict[str, bytes]:
+        """This cluster's own barrier-encrypted entries (plaintext, read with its own keys
+        right before the switch). The seal records and the staged activation are stored
+        unencrypted and the replication records are replaced: they are left out."""
+        barrier = self.core.barrier
+        out: dict[str, bytes] = {}
+        skip = {staging.STAGED_KEY, "core/" + RECORD_PREFIX + "dr", "core/" + RECORD_PREFIX + "performance"}
+        stack = [p for p in CLUSTER_OWN_PREFIXES if p.endswith("/") and p != "core/hsm/"]
+        for key in (p for p in CLUSTER_OWN_PREFIXES if not p.endswith("/") and p not in RAW_SEAL_RECORDS):
+            v = await barrier.get(key)
+            if v is not None:
+                out[key] = v
+        while stack:
+            prefix = stack.pop()
+            for child in await barrier.list(prefix):
+                path = prefix + child
+                if child.endswith("/"):
+                    stack.append(path)
+                elif path not in skip:
+                    v = await barrier.get(path)
+                    if v is not None:
+                        out[path] = v
+        return out
+
+    async def finish_activation(self, keyring_blob: bytes) -> None:
+        """After the first complete bulk sync (the primary's keyring held back by the sink):
+        switch to the primary's keyring in ONE storage batch that also re-encrypts this
+        cluster's own entries under it, stores the secondary record, makes the seal records
+        protect the primary's root key (they follow the primary's key holders) and deletes
+        the staged activation. A crash leaves either the old state (the staged activation
+        is resumed) or the finished one, never a keyring its seal records do not open.
+        Raises on failure: the activation is retried with the next bulk sync."""
         p = self.pending
         if p is None:
             return
         core = self.core
+        scratch = Barrier(_KeyringOverlay(core.barrier.physical, keyring_blob))  # type: ignore[arg-type]
+        try:
+            try:
+                await scratch.unseal(p.root_key)
+            except BarrierInvalidKey:
+                raise InternalError("the primary's keyring does not open with the activation's root key") from None
+            found = await adoption_records(core.seals, scratch)
+            if found is None:
+                raise InternalError("the primary's key holders record has not arrived; retrying the activation")
+            kh, seal_records = found
+            plain = await self._own_plaintexts()
+            rec_key = "core/" + RECORD_PREFIX + p.record.kind
+            plain[rec_key] = p.record.encode()
+            epoch_key = "core/" + EPOCH_KEY
+            old_epoch = int(plain[epoch_key]) if epoch_key in plain else 0
+            if p.record.epoch > old_epoch:
+                plain[epoch_key] = str(p.record.epoch).encode()
+            ops = [Op.put(KEYRING_PATH, keyring_blob)]
+            ops += [Op.put(path, scratch.encrypt(path, value)) for path, value in sorted(plain.items())]
+            other = "core/" + RECORD_PREFIX + ("performance" if p.record.kind == "dr" else "dr")
+            if await core.barrier.raw_get(other) is not None:
+                ops.append(Op.delete(other))  # unreadable under the new keyring
+            ops += [Op.delete(path) if value is None else Op.put(path, bytes(value))
+                    for path, value in seal_records.items()]
+            for path in (staging.STAGED_KEY, RECOVERY_BACKUP_KEY):
+                if await core.barrier.raw_get(path) is not None:
+                    ops.append(Op.delete(path))
+        finally:
+            scratch.seal()
+        result = await core.barrier.physical.apply(Batch(tuple(ops), secrets.token_bytes(16)))
+        if result.error is not None:
+            raise InternalError(f"failed to store the activation: {result.error}")
         await core.barrier.switch_root_key(p.root_key)
-        await self.key_sync.after_switch()
-        for path, plain in p.own_items:
-            await core.barrier.put(path, plain)
-        await save_record(self._view(), p.record)
         core.seals.forget_config()
+        self.key_sync.adopt_needed = False
+        if seal_records:
+            log_adopted(await core.seals.mode(), kh, seal_records)
         self.pending = None
+        self.staged_kind = None
         self.set_record(p.record.kind, p.record)
         if p.record.kind == "performance":
             await core.leave_dr_secondary()  # fresh stores over the primary's data; serve again
+        else:
+            await core.refresh_cluster_identity()
         p.done.set()
         log.info("replication_secondary_activated", kind=p.record.kind, secondary_id=p.record.secondary_id)
 

@@ -34,8 +34,8 @@ from vaultraft.core.replication.records import (
     delete_record,
     save_record,
 )
-from vaultraft.core.seal_replica import check_secondary_seal, stage_root
-from vaultraft.core.seal_state import RAW_SEAL_RECORDS
+from vaultraft.core.replication.staging import stage
+from vaultraft.core.seal_replica import check_secondary_seal
 from vaultraft.logical import (
     InvalidRequest,
     PermissionDenied,
@@ -51,7 +51,6 @@ from vaultraft.replication.activation import (
     generate_bundle_keypair,
     open_bundle,
 )
-from vaultraft.storage.wal import CLUSTER_OWN_PREFIXES
 
 if TYPE_CHECKING:
     from vaultraft.core.core import Core
@@ -90,30 +89,6 @@ async def _fetch_bundle(token: ActivationToken, api_addr: str, ca_file: str, pub
         return base64.b64decode(data["data"]["bundle"] if "data" in data else data["bundle"])
     except (KeyError, TypeError, ValueError):
         raise InvalidRequest("the primary's activation answer is malformed") from None
-
-
-async def _own_items(core: "Core") -> list[tuple[str, bytes]]:
-    """This cluster's own barrier-encrypted entries (plaintext), to keep across the switch to
-    the primary's keys. The seal records are stored unencrypted: they stay as they are and
-    are made to follow the primary's key holders after the switch (``seal_replica.adopt``)."""
-    out: list[tuple[str, bytes]] = []
-    stack = [p for p in CLUSTER_OWN_PREFIXES if p.endswith("/") and p != "core/hsm/"]
-    for key in (p for p in CLUSTER_OWN_PREFIXES if not p.endswith("/") and p not in RAW_SEAL_RECORDS):
-        v = await core.barrier.get(key)
-        if v is not None:
-            out.append((key, v))
-    while stack:
-        prefix = stack.pop()
-        for child in await core.barrier.list(prefix):
-            if child.endswith("/"):
-                stack.append(prefix + child)
-                continue
-            if prefix + child in ("core/replication/dr", "core/replication/performance"):
-                continue  # replaced by the new record
-            v = await core.barrier.get(prefix + child)
-            if v is not None:
-                out.append((prefix + child, v))
-    return out
 
 
 async def activate_secondary(core: "Core", token_str: str, primary_api_addr: str = "", ca_file: str = "",
@@ -158,10 +133,12 @@ async def activate_secondary(core: "Core", token_str: str, primary_api_addr: str
         )
     except (BundleError, KeyError, TypeError, ValueError) as e:
         raise InvalidRequest(f"invalid activation bundle: {type(e).__name__}") from None
-    own = await _own_items(core)
-    await stage_root(core.seals, core.barrier, root_key)
+    # durable and replicated in this cluster's own log, under its own root key (or HSM):
+    # whichever node is active after the bulk sync finishes the activation (staging.py)
+    await stage(core.seals, core.barrier, rec, root_key)
     await m._stop_client()
-    m.pending = PendingActivation(rec, root_key, own, asyncio.Event())
+    m.pending = PendingActivation(rec, root_key, asyncio.Event())
+    m.staged_kind = kind
     m.set_record(kind, m.records.get(kind))  # refresh the read-only flag for the pending role
     await core.enter_dr_secondary()
     m.poke()

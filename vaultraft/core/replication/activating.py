@@ -1,0 +1,182 @@
+"""A secondary's activation on the manager (a mixin): following the activation staged in
+this cluster's own log, and the one-batch switch to the primary's keyring after the first
+complete bulk sync (see DESIGN.md, "Activation")."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import structlog
+
+from vaultraft.barrier import KEYRING_PATH, Barrier, BarrierInvalidKey
+from vaultraft.core.replication import staging
+from vaultraft.core.replication.adapters import KeyringOverlay
+from vaultraft.core.replication.key_sync import RECOVERY_BACKUP_KEY, KeyHolderSync
+from vaultraft.core.replication.records import (
+    EPOCH_KEY,
+    RECORD_PREFIX,
+    ReplicationRecord,
+)
+from vaultraft.core.seal_replica import adoption_records, log_adopted
+from vaultraft.core.seal_state import RAW_SEAL_RECORDS
+from vaultraft.logical import InternalError
+from vaultraft.storage import Batch, Op
+from vaultraft.storage.wal import CLUSTER_OWN_PREFIXES
+
+if TYPE_CHECKING:
+    from vaultraft.core.core import Core
+
+log = structlog.get_logger("vaultraft.replication")
+
+
+@dataclass
+class PendingActivation:
+    """A secondary between activation and the end of its first bulk sync: the record to
+    store and the primary's root key. Both are also staged durably in this cluster's own
+    log (``staging.py``), so whichever node is active finishes the activation."""
+
+    record: ReplicationRecord
+    root_key: bytes = field(repr=False)
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class ActivationMixin:
+    """Activation steps of :class:`vaultraft.core.replication.manager.ReplicationManager`."""
+
+    core: Core
+    records: dict[str, ReplicationRecord]
+    pending: PendingActivation | None
+    staged_kind: str | None
+    _staged_unreadable: bool
+    key_sync: KeyHolderSync
+
+    if TYPE_CHECKING:
+        def set_record(self, kind: str, rec: ReplicationRecord | None) -> None: ...
+        async def _stop_client(self) -> None: ...
+
+    async def _sync_staged(self) -> None:
+        """The active node: follow the activation staged in storage. Resume one this node
+        does not hold in memory (it became active, or was restarted and unsealed, while an
+        activation was under way); forget one that is no longer staged (another node
+        finished it)."""
+        raw = await self.core.barrier.raw_get(staging.STAGED_KEY)
+        self.staged_kind = staging.staged_kind(raw)
+        if raw is None:
+            self._staged_unreadable = False
+            p, self.pending = self.pending, None
+            if p is not None:
+                p.done.set()
+                await self._stop_client()
+                self.set_record(p.record.kind, self.records.get(p.record.kind))
+            return
+        if self.pending is not None:
+            return
+        try:
+            staged = await staging.load(self.core.seals, self.core.barrier)
+        except staging.StagedUnreadable:
+            if not self._staged_unreadable:
+                log.warning("replication_staged_activation_unreadable")
+            self._staged_unreadable = True
+            return
+        if staged is None:
+            return
+        await self._stop_client()
+        self.pending = PendingActivation(staged.record, staged.root_key)
+        self.set_record(staged.record.kind, self.records.get(staged.record.kind))
+        await self.core.enter_dr_secondary()
+        log.info("replication_secondary_activation_resumed", kind=staged.record.kind,
+                 secondary_id=staged.record.secondary_id)
+
+    async def _own_plaintexts(self) -> dict[str, bytes]:
+        """This cluster's own barrier-encrypted entries (plaintext, read with its own keys
+        right before the switch). The seal records and the staged activation are stored
+        unencrypted and the replication records are replaced: they are left out."""
+        barrier = self.core.barrier
+        out: dict[str, bytes] = {}
+        skip = {staging.STAGED_KEY, "core/" + RECORD_PREFIX + "dr", "core/" + RECORD_PREFIX + "performance"}
+        stack = [p for p in CLUSTER_OWN_PREFIXES if p.endswith("/") and p != "core/hsm/"]
+        for key in (p for p in CLUSTER_OWN_PREFIXES if not p.endswith("/") and p not in RAW_SEAL_RECORDS):
+            v = await barrier.get(key)
+            if v is not None:
+                out[key] = v
+        while stack:
+            prefix = stack.pop()
+            for child in await barrier.list(prefix):
+                path = prefix + child
+                if child.endswith("/"):
+                    stack.append(path)
+                elif path not in skip:
+                    v = await barrier.get(path)
+                    if v is not None:
+                        out[path] = v
+        return out
+
+    async def finish_activation(self, keyring_blob: bytes) -> None:
+        """After the first complete bulk sync (the primary's keyring held back by the sink):
+        switch to the primary's keyring in ONE storage batch that also re-encrypts this
+        cluster's own entries under it, stores the secondary record, makes the seal records
+        protect the primary's root key (they follow the primary's key holders) and deletes
+        the staged activation. A crash leaves either the old state (the staged activation
+        is resumed) or the finished one, never a keyring its seal records do not open.
+        Raises on failure: the activation is retried with the next bulk sync."""
+        p = self.pending
+        if p is None:
+            return
+        core = self.core
+        scratch = Barrier(KeyringOverlay(core.barrier.physical, keyring_blob))  # type: ignore[arg-type]
+        try:
+            try:
+                await scratch.unseal(p.root_key)
+            except BarrierInvalidKey:
+                raise InternalError("the primary's keyring does not open with the activation's root key") from None
+            found = await adoption_records(core.seals, scratch)
+            if found is None:
+                raise InternalError("the primary's key holders record has not arrived; retrying the activation")
+            kh, seal_records = found
+            plain = await self._own_plaintexts()
+            rec_key = "core/" + RECORD_PREFIX + p.record.kind
+            plain[rec_key] = p.record.encode()
+            epoch_key = "core/" + EPOCH_KEY
+            old_epoch = int(plain[epoch_key]) if epoch_key in plain else 0
+            if p.record.epoch > old_epoch:
+                plain[epoch_key] = str(p.record.epoch).encode()
+            ops = [Op.put(KEYRING_PATH, keyring_blob)]
+            ops += [Op.put(path, scratch.encrypt(path, value)) for path, value in sorted(plain.items())]
+            other = "core/" + RECORD_PREFIX + ("performance" if p.record.kind == "dr" else "dr")
+            if await core.barrier.raw_get(other) is not None:
+                ops.append(Op.delete(other))  # unreadable under the new keyring
+            ops += [Op.delete(path) if value is None else Op.put(path, bytes(value))
+                    for path, value in seal_records.items()]
+            for path in (staging.STAGED_KEY, RECOVERY_BACKUP_KEY):
+                if await core.barrier.raw_get(path) is not None:
+                    ops.append(Op.delete(path))
+        finally:
+            scratch.seal()
+        result = await core.barrier.physical.apply(Batch(tuple(ops), secrets.token_bytes(16)))
+        if result.error is not None:
+            raise InternalError(f"failed to store the activation: {result.error}")
+        await core.barrier.switch_root_key(p.root_key)
+        core.seals.forget_config()
+        self.key_sync.adopt_needed = False
+        if seal_records:
+            log_adopted(await core.seals.mode(), kh, seal_records)
+        self.pending = None
+        self.staged_kind = None
+        self.set_record(p.record.kind, p.record)
+        if p.record.kind == "performance":
+            await core.leave_dr_secondary()  # fresh stores over the primary's data; serve again
+        else:
+            await core.refresh_cluster_identity()
+        p.done.set()
+        log.info("replication_secondary_activated", kind=p.record.kind, secondary_id=p.record.secondary_id)
+
+    async def reload_keyring(self) -> None:
+        """Pick up a keyring the primary changed (rotation) on this secondary's active node."""
+        if self.pending is None:
+            try:
+                await self.core.barrier.reload_keyring()
+            except Exception as e:
+                log.warning("replication_keyring_reload_failed", error=type(e).__name__)

@@ -10,7 +10,7 @@ Contract: :func:`dumps` / :func:`loads` accept and produce what ``json.dumps`` /
 ``json.loads`` do for JSON-shaped Python values. Whatever orjson refuses (integers beyond
 64 bits, ``NaN``, lone surrogates, non-string keys other than ints) falls back to the
 standard library, so no input behaves differently; only whitespace and the escaping of
-non-ASCII characters (UTF-8 instead of ``\\uXXXX``) differ in the output.
+non-ASCII characters (raw UTF-8 instead of ``\\u`` escapes) differ in the output.
 """
 
 from __future__ import annotations

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as _dt
-import os
 from collections.abc import Sequence
 from typing import NamedTuple, Protocol
 
@@ -34,6 +33,7 @@ from vaultraft.barrier.keyring import (
     parse_header,
     seal_with,
 )
+from vaultraft.randpool import unique_bytes
 from vaultraft.storage.batch import Batch, Op
 from vaultraft.storage.physical import ApplyResult, Physical
 from vaultraft.storage.wal import is_cluster_own
@@ -227,7 +227,7 @@ class Barrier:
                 batch_ops.append(Op.delete(key, local=local))
             else:
                 batch_ops.append(Op.put(key, self.encrypt(key, value), local=local))
-        return await self._physical.apply(Batch(tuple(batch_ops), os.urandom(16)))
+        return await self._physical.apply(Batch(tuple(batch_ops), unique_bytes(16)))
 
     async def put(self, key: str, value: bytes, *, local: bool = False) -> ApplyResult:
         """Shorthand for a one-op :meth:`apply` writing ``value`` at ``key``."""
@@ -301,7 +301,7 @@ class Barrier:
 
     async def _apply_raw(self, op: Op) -> None:
         self._check_writable(op.key, op.local)
-        result = await self._physical.apply(Batch((op,), os.urandom(16)))
+        result = await self._physical.apply(Batch((op,), unique_bytes(16)))
         if result.error is not None:
             raise BarrierWriteError(f"storage rejected write: {result.error}")
 

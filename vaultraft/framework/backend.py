@@ -71,13 +71,22 @@ class Backend:
         self.help_text = help
         self.backend_type = backend_type
         self._compiled = [(re.compile(p.pattern), p) for p in self.paths]
+        # The last path matched and its answer: a write matches the same path twice (the
+        # existence check, then the handler). The patterns never change, so it is exact.
+        self._last: tuple[str, tuple[Path, dict[str, str]] | None] = ("", None)
 
     def match(self, path: str) -> tuple[Path, dict[str, str]] | None:
-        """The first path whose pattern matches all of ``path``, and its captured groups."""
+        """The first path whose pattern matches all of ``path``, and its captured groups
+        (a fresh dict on every call)."""
+        last_path, last = self._last
+        if path == last_path and last is not None:
+            return last[0], dict(last[1])
         for rx, p in self._compiled:
             m = rx.fullmatch(path)
             if m:
-                return p, {k: v for k, v in m.groupdict().items() if v is not None}
+                groups = {k: v for k, v in m.groupdict().items() if v is not None}
+                self._last = (path, (p, groups))
+                return p, dict(groups)
         return None
 
     def _field_data(self, p: Path, groups: dict[str, str], req: Request) -> FieldData:

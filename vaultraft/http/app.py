@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-import uuid
 from typing import Any
 
 import structlog
@@ -23,6 +22,7 @@ from vaultraft.logical import (
     Response,
     VaultError,
 )
+from vaultraft.randpool import uuid4_str
 
 log = structlog.get_logger("vaultraft.http")
 
@@ -118,7 +118,7 @@ class ApiHandler:
 
     async def __call__(self, request: web.Request) -> web.StreamResponse:
         started = time.monotonic()
-        request_id = str(uuid.uuid4())
+        request_id = uuid4_str()
         path = request.match_info.get("path", "")
         status = 500
         try:

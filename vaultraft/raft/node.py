@@ -51,11 +51,16 @@ log = structlog.get_logger("vaultraft.raft")
 
 MAX_GROUP_BATCHES = 512
 MAX_GROUP_BYTES = 1 << 20
-#: Group commits in flight at once. Every entry costs a journal append, frames to each
-#: follower and an fsynced LMDB transaction on every node; with fewer in flight, writes that
-#: arrive meanwhile coalesce into larger groups (32 clients: ~3 writes per entry at 8,
-#: ~6.5 at 2) for less CPU per write on all three nodes, while 2 still pipelines.
+#: Group commits in flight at once, and when a second one may start. Every entry costs the
+#: active node about 2 ms of CPU (journal append, frames to and answers from each follower,
+#: an fsynced LMDB transaction, the wake-ups) and each follower about 1 ms, so a group is cut
+#: only when the previous one has landed: the writes that arrived meanwhile form the next
+#: entry (3 nodes, 2 cores, 32 clients: ~9.5 writes per entry and 11 % less CPU per write on
+#: the active node than with two groups always in flight, ~4–6.5 per entry). A group still
+#: in flight after STALL_AFTER (a slow disk, or a lost callback waiting for its retry) lets
+#: a second one start, so one stuck entry never holds up every other write.
 MAX_INFLIGHT = 2
+STALL_AFTER = 0.05
 ATTEMPT_TIMEOUT = 3.0
 JOURNAL_FLUSH_INTERVAL = 0.05
 #: pysyncobj's tick: the longest its thread sleeps in poll() when no socket or command wakes it.
@@ -149,6 +154,7 @@ class RaftPhysical(LeadershipMixin, MembershipMixin):
         self._reads = BatchReader("vr-raft-read")
         self._queue: asyncio.Queue[_Pending] | None = None
         self._committer: asyncio.Task[None] | None = None
+        self._groups_in_flight = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._journal_sync: JournalSync | None = None
         # (term, raft-clock expiry) of the quorum lease, recomputed by the tick thread
@@ -220,6 +226,7 @@ class RaftPhysical(LeadershipMixin, MembershipMixin):
         self._journal_sync = JournalSync(os.path.join(raft_dir, "journal"), JOURNAL_FLUSH_INTERVAL)
         self._journal_sync.start()
         self._queue = asyncio.Queue()
+        self._groups_in_flight = 0
         self._committer = self._loop.create_task(self._commit_loop(), name="vr-raft-commit")
         log.info("raft_started", self_addr=self.self_addr, peers=len(members))
 
@@ -423,25 +430,33 @@ class RaftPhysical(LeadershipMixin, MembershipMixin):
         assert self._queue is not None
         queue = self._queue
         inflight = asyncio.Semaphore(MAX_INFLIGHT)
+        landed = asyncio.Event()  # set while no group is in flight
+        landed.set()
         async with asyncio.TaskGroup() as tg:
             while True:
                 first = await queue.get()
+                try:
+                    await inflight.acquire()
+                    if not landed.is_set():  # coalesce behind the group in flight unless it stalls
+                        try:
+                            await asyncio.wait_for(landed.wait(), STALL_AFTER)
+                        except TimeoutError:
+                            pass
+                except asyncio.CancelledError:  # stopped while this write waited for a slot
+                    if not first.future.done():
+                        first.future.set_exception(ConsensusStopped("consensus stopped"))
+                    raise
                 group = [first]
                 size = first.size
                 while not queue.empty() and len(group) < MAX_GROUP_BATCHES and size < MAX_GROUP_BYTES:
                     p = queue.get_nowait()
                     group.append(p)
                     size += p.size
-                try:
-                    await inflight.acquire()
-                except asyncio.CancelledError:  # stopped while this group waited for a slot
-                    for p in group:
-                        if not p.future.done():
-                            p.future.set_exception(ConsensusStopped("consensus stopped"))
-                    raise
-                tg.create_task(self._commit_group(group, inflight))
+                self._groups_in_flight += 1
+                landed.clear()
+                tg.create_task(self._commit_group(group, inflight, landed))
 
-    async def _commit_group(self, group: list[_Pending], inflight: asyncio.Semaphore) -> None:
+    async def _commit_group(self, group: list[_Pending], inflight: asyncio.Semaphore, landed: asyncio.Event) -> None:
         try:
             cmd = Command(CommandKind.BATCHES, tuple(p.batch for p in group), ts_ms=int(time.time() * 1000)).encode()
             results = await self._submit(cmd, time.monotonic() + self.tuning.commit_timeout)
@@ -459,6 +474,9 @@ class RaftPhysical(LeadershipMixin, MembershipMixin):
                     p.future.set_exception(e)
         finally:
             inflight.release()
+            self._groups_in_flight -= 1
+            if not self._groups_in_flight:
+                landed.set()
 
     async def _submit(self, cmd: bytes, deadline: float) -> list[ApplyResult]:
         loop = asyncio.get_running_loop()
@@ -536,6 +554,7 @@ class RaftPhysical(LeadershipMixin, MembershipMixin):
             self._queue = None
             return
         self._queue = asyncio.Queue()
+        self._groups_in_flight = 0
         self._committer = self._loop.create_task(self._commit_loop(), name="vr-raft-commit")
 
 

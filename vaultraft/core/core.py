@@ -29,7 +29,7 @@ from vaultraft.core.ha_roles import HaRoles
 from vaultraft.core.mounts import MountEntry, MountTable, Route, Router, new_entry
 from vaultraft.core.policy_store import PolicyStore
 from vaultraft.core.raft_join import ChallengeIssuer, Joiner
-from vaultraft.core.replication.manager import ReplicationManager
+from vaultraft.core.replication.manager import STAGED_PATHS, ReplicationManager
 from vaultraft.core.replication.roles import ReplicationRoles
 from vaultraft.core.seal_manager import SealManager
 from vaultraft.core.tasks import cancel_and_wait as _cancel
@@ -325,6 +325,8 @@ class Core(HaRoles, ReplicationRoles):
 
         if self._u is None:
             raise Sealed()
+        if self.replication.activating and req.path in STAGED_PATHS:
+            return await self.replication.staged_request(req)  # its tokens are unusable: an operation token
         if self.replication.dr_secondary:
             raise InvalidRequest(DR_PATH_DISABLED)
         if self.replication.pending is not None:

@@ -132,7 +132,9 @@ async def _operation_ops(core: Core) -> Any:
         from vaultraft.logical import Sealed
 
         raise Sealed()
-    if not core.replication.dr_secondary:
+    # a cluster with a staged activation (either kind) mints one too, from its own shares:
+    # it authorizes disabling or replacing that activation (secondary_ops.staged_request)
+    if not core.replication.dr_secondary and not core.replication.activating:
         raise InvalidRequest("this cluster is not a DR secondary")
     if not core.active:
         info = await core.leader_info()

@@ -98,6 +98,9 @@ class ClientStatus:
     known_primary_cluster_addrs: tuple[str, ...]
     primary_epoch: int
     primary_applied_index: int
+    #: Why the last connection attempt or session failed ("" once a session is established);
+    #: never a sink's message (it could quote stored data), only its type.
+    last_error: str = ""
 
 
 @dataclass(frozen=True)
@@ -167,6 +170,7 @@ class ReplicationClient:
         self._last_heartbeat: float | None = None
         self._epoch = 0
         self._primary_applied = 0
+        self._last_error = ""
 
     def status(self) -> ClientStatus:
         """A consistent snapshot of the link's state (cheap; never blocks)."""
@@ -175,7 +179,7 @@ class ReplicationClient:
             connection_state=self._conn_state if self._running else "disconnected",
             last_remote_wal=self._last_remote_wal, last_heartbeat=self._last_heartbeat,
             primary_cluster_addr=self._primary_addr, known_primary_cluster_addrs=self._addrs,
-            primary_epoch=self._epoch, primary_applied_index=self._primary_applied)
+            primary_epoch=self._epoch, primary_applied_index=self._primary_applied, last_error=self._last_error)
 
     def update_addrs(self, addrs: Sequence[str]) -> None:
         """Replace the primary addresses (used from the next connection attempt on)."""
@@ -302,6 +306,7 @@ class ReplicationClient:
         self._epoch, self._primary_addr = msg.epoch, sess.addr
         self._conn_state = "connected"
         self._state = "merkle-sync" if msg.bulk else "stream-wals"
+        self._last_error = ""
         log.info("replication_connected", primary=sess.addr, bulk=msg.bulk, remote_index=sess.last)
 
     async def _handle(self, sess: _Session, msg: Message) -> None:
@@ -390,12 +395,16 @@ class ReplicationClient:
 
     def _log_failure(self, addr: str, e: BaseException) -> None:
         if isinstance(e, RemoteRefused):
+            self._last_error = f"the primary at {addr} refused this secondary: {str(e)[:200]}"
             log.warning("replication_refused_by_primary", primary=addr, code=e.code)
         elif isinstance(e, (WireError, ReplicationError)):
+            self._last_error = f"the session with the primary at {addr} failed: {str(e)[:200]}"
             log.warning("replication_session_failed", primary=addr, reason=str(e)[:200])
         elif isinstance(e, (OSError, TimeoutError, ConnectionError)):
+            self._last_error = f"cannot reach the primary at {addr}: {type(e).__name__}"
             _throttled("info", "replication_connection_failed", primary=addr, reason=type(e).__name__)
         else:
+            self._last_error = f"the session with the primary at {addr} failed: {type(e).__name__}"
             # Only the type: a sink's message could quote stored data.
             log.error("replication_session_failed", primary=addr, error=type(e).__name__)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import socket
 import time
 from typing import Any
 
@@ -103,6 +104,25 @@ async def test_unknown_secondary_client_keeps_retrying_without_data(harness: Har
     assert refusals and refusals[0]["code"] == "unauthorized"
     assert sink.data == {} and sink.bulk_begins == [] and registry.contacts == []
     assert client.status().connection_state != "connected"
+    # the status says why (a staged activation shows it as last_error)
+    assert client.status().last_error == (f"the primary at {srv.bound_address} refused this secondary: "
+                                          "unauthorized: unknown or revoked secondary")
+
+
+async def test_unreachable_primary_is_the_last_error_until_a_session_starts(harness: Harness) -> None:
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        dead = f"127.0.0.1:{sock.getsockname()[1]}"
+    source, registry, sink = MemoryWalSource(), MemoryRegistry({"sec-a": "dr"}), MemorySink()
+    client = harness.client(sink, [dead])
+    assert client.status().last_error == ""
+    harness.run(client)
+    await eventually(lambda: client.status().last_error != "", what="a failed attempt")
+    assert client.status().last_error == f"cannot reach the primary at {dead}: ConnectionRefusedError"
+    srv = await harness.server(source, registry)
+    client.update_addrs([srv.bound_address])
+    await eventually(lambda: client.status().state == "stream-wals", timeout=10, what="streaming")
+    assert client.status().last_error == ""
 
 
 async def test_revocation_and_disconnect(harness: Harness) -> None:

@@ -1,6 +1,7 @@
 """A secondary's activation on the manager (a mixin): following the activation staged in
-this cluster's own log, and the one-batch switch to the primary's keyring after the first
-complete bulk sync (see DESIGN.md, "Activation")."""
+this cluster's own log, the one-batch switch to the primary's keyring after the first
+complete bulk sync, and abandoning an activation that cannot finish (``disable``: the
+cluster's own data comes back from ``backup.py``). See DESIGN.md, "Activation"."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 from vaultraft.barrier import KEYRING_PATH, Barrier, BarrierInvalidKey
-from vaultraft.core.replication import staging
+from vaultraft.core.replication import backup, staging
 from vaultraft.core.replication.adapters import KeyringOverlay
 from vaultraft.core.replication.key_sync import RECOVERY_BACKUP_KEY, KeyHolderSync
 from vaultraft.core.replication.records import (
@@ -22,7 +23,7 @@ from vaultraft.core.replication.records import (
 )
 from vaultraft.core.seal_replica import adoption_records, log_adopted
 from vaultraft.core.seal_state import RAW_SEAL_RECORDS
-from vaultraft.logical import InternalError
+from vaultraft.logical import InternalError, InvalidRequest, Unavailable
 from vaultraft.storage import Batch, Op
 from vaultraft.storage.wal import CLUSTER_OWN_PREFIXES
 
@@ -50,27 +51,54 @@ class ActivationMixin:
     records: dict[str, ReplicationRecord]
     pending: PendingActivation | None
     staged_kind: str | None
+    staged_since: int
+    activation_error: str
+    activation_lock: asyncio.Lock
     _staged_unreadable: bool
+    _leftovers_checked: bool
     key_sync: KeyHolderSync
 
     if TYPE_CHECKING:
         def set_record(self, kind: str, rec: ReplicationRecord | None) -> None: ...
         async def _stop_client(self) -> None: ...
 
+    def staged_activation_kind(self) -> str | None:
+        """The kind of the activation under way (in memory here, or staged in storage)."""
+        return self.pending.record.kind if self.pending is not None else self.staged_kind
+
     async def _sync_staged(self) -> None:
         """The active node: follow the activation staged in storage. Resume one this node
         does not hold in memory (it became active, or was restarted and unsealed, while an
         activation was under way); forget one that is no longer staged (another node
-        finished it)."""
-        raw = await self.core.barrier.raw_get(staging.STAGED_KEY)
+        finished it); finish abandoning one that a ``disable`` gave up (the node that
+        started it crashed, or lost its leadership, before it was done)."""
+        barrier = self.core.barrier
+        raw = await barrier.raw_get(staging.STAGED_KEY)
         self.staged_kind = staging.staged_kind(raw)
+        self.staged_since = staging.staged_at(raw)
         if raw is None:
             self._staged_unreadable = False
+            self.activation_error = ""
             p, self.pending = self.pending, None
             if p is not None:
                 p.done.set()
                 await self._stop_client()
                 self.set_record(p.record.kind, self.records.get(p.record.kind))
+            if not self._leftovers_checked:
+                await self._drop_leftovers()
+            return
+        abandoning = backup.marker_kind(await barrier.raw_get(backup.ABANDON_KEY))
+        if abandoning is not None:
+            async with self.activation_lock:
+                await self._stop_client()
+                p, self.pending = self.pending, None
+                if p is not None:
+                    p.done.set()
+                try:
+                    await self._finish_abandon(abandoning)
+                except Exception as e:  # retried next round
+                    self.activation_error = f"abandoning the staged activation failed ({type(e).__name__}); retrying"
+                    raise
             return
         if self.pending is not None:
             return
@@ -90,13 +118,76 @@ class ActivationMixin:
         log.info("replication_secondary_activation_resumed", kind=staged.record.kind,
                  secondary_id=staged.record.secondary_id)
 
+    async def _drop_leftovers(self) -> None:
+        """Once per unseal of the active node with no activation staged: delete a backup
+        left by an enable that never staged its activation (a crash during the call)."""
+        async with self.activation_lock:
+            self._leftovers_checked = True
+            physical = self.core.barrier.physical
+            if await self.core.barrier.raw_get(staging.STAGED_KEY) is None and await backup.staged_keys(physical):
+                await backup.clear(physical)
+                log.info("replication_activation_leftovers_deleted")
+
+    # ---- abandoning a staged activation (disable) ---------------------------------------------
+
+    async def abandon_activation(self, kind: str) -> None:
+        """``disable`` while an activation of ``kind`` is staged: give up the activation and
+        leave this cluster as it was before the enable (its own data from the backup, its
+        own keys, which the activation never replaced, no role of ``kind``). The decision is
+        stored first, so whichever node is active finishes it after a crash."""
+        async with self.activation_lock:
+            staged = self.staged_activation_kind()
+            if staged is None:
+                raise InvalidRequest("no replication activation is staged on this cluster")
+            if staged != kind:
+                raise InvalidRequest(other_kind_staged(staged))
+            barrier = self.core.barrier
+            if not await backup.exists(barrier.physical):
+                raise InvalidRequest(
+                    "this staged activation has no backup of the cluster's own data (it was staged by an earlier "
+                    "version): it cannot be abandoned; activate it with a new token (update-primary), or wipe "
+                    "the cluster's storage and initialize it again")
+            await self._stop_client()
+            result = await barrier.physical.apply(
+                Batch((Op.put(backup.ABANDON_KEY, backup.abandon_marker(kind)),), secrets.token_bytes(16)))
+            if result.error is not None:
+                raise InternalError(f"failed to store the abandonment: {result.error}")
+            p, self.pending = self.pending, None
+            if p is not None:
+                p.done.set()
+            log.info("replication_secondary_activation_abandoning", kind=kind)
+            try:
+                await self._finish_abandon(kind)
+            except Exception as e:
+                self.activation_error = f"abandoning the staged activation failed ({type(e).__name__}); retrying"
+                raise Unavailable("the staged activation was given up, but restoring this cluster's data did not "
+                                  "finish; the active node retries it: watch sys/replication/"
+                                  f"{'dr' if kind == 'dr' else 'performance'}/status") from None
+
+    async def _finish_abandon(self, kind: str) -> None:
+        """Restore the backup (idempotent), then delete the staged activation, everything it
+        staged and the role of ``kind`` in one batch, and serve this cluster's own data."""
+        core = self.core
+        physical = core.barrier.physical
+        restored = await backup.restore(physical)
+        ops = await backup.cleanup_ops(physical, staging.STAGED_KEY, "core/" + RECORD_PREFIX + kind)
+        result = await physical.apply(Batch(tuple(ops), secrets.token_bytes(16)))
+        if result.error is not None:
+            raise InternalError(f"failed to delete the staged activation: {result.error}")
+        self.staged_kind, self.staged_since, self.activation_error = None, 0, ""
+        self._staged_unreadable = False
+        self.set_record(kind, None)
+        await core.leave_dr_secondary()
+        log.info("replication_secondary_activation_abandoned", kind=kind, restored_keys=restored)
+
     async def _own_plaintexts(self) -> dict[str, bytes]:
         """This cluster's own barrier-encrypted entries (plaintext, read with its own keys
         right before the switch). The seal records and the staged activation are stored
         unencrypted and the replication records are replaced: they are left out."""
         barrier = self.core.barrier
         out: dict[str, bytes] = {}
-        skip = {staging.STAGED_KEY, "core/" + RECORD_PREFIX + "dr", "core/" + RECORD_PREFIX + "performance"}
+        skip = {staging.STAGED_KEY, "core/" + RECORD_PREFIX + "dr", "core/" + RECORD_PREFIX + "performance",
+                backup.STAGED_PREFIX}
         stack = [p for p in CLUSTER_OWN_PREFIXES if p.endswith("/") and p != "core/hsm/"]
         for key in (p for p in CLUSTER_OWN_PREFIXES if not p.endswith("/") and p not in RAW_SEAL_RECORDS):
             v = await barrier.get(key)
@@ -106,9 +197,11 @@ class ActivationMixin:
             prefix = stack.pop()
             for child in await barrier.list(prefix):
                 path = prefix + child
+                if path in skip:
+                    continue
                 if child.endswith("/"):
                     stack.append(path)
-                elif path not in skip:
+                else:
                     v = await barrier.get(path)
                     if v is not None:
                         out[path] = v
@@ -119,9 +212,23 @@ class ActivationMixin:
         switch to the primary's keyring in ONE storage batch that also re-encrypts this
         cluster's own entries under it, stores the secondary record, makes the seal records
         protect the primary's root key (they follow the primary's key holders) and deletes
-        the staged activation. A crash leaves either the old state (the staged activation
-        is resumed) or the finished one, never a keyring its seal records do not open.
-        Raises on failure: the activation is retried with the next bulk sync."""
+        the staged activation with everything it staged (the backup of the cluster's own
+        data included). A crash leaves either the old state (the staged activation is
+        resumed) or the finished one, never a keyring its seal records do not open.
+        Raises on failure: the activation is retried with the next bulk sync (the reason is
+        shown in the status as ``last_error``). Never runs at the same time as an abandon or
+        a replacement of the staged activation (``activation_lock``)."""
+        async with self.activation_lock:
+            try:
+                await self._switch(keyring_blob)
+            except InternalError as e:  # our own messages: no stored data in them
+                self.activation_error = f"the activation could not finish: {e}"
+                raise
+            except Exception as e:
+                self.activation_error = f"the activation could not finish: {type(e).__name__}"
+                raise
+
+    async def _switch(self, keyring_blob: bytes) -> None:
         p = self.pending
         if p is None:
             return
@@ -153,6 +260,7 @@ class ActivationMixin:
             for path in (staging.STAGED_KEY, RECOVERY_BACKUP_KEY):
                 if await core.barrier.raw_get(path) is not None:
                     ops.append(Op.delete(path))
+            ops += [Op.delete(path) for path in await backup.staged_keys(core.barrier.physical)]
         finally:
             scratch.seal()
         result = await core.barrier.physical.apply(Batch(tuple(ops), secrets.token_bytes(16)))
@@ -164,7 +272,7 @@ class ActivationMixin:
         if seal_records:
             log_adopted(await core.seals.mode(), kh, seal_records)
         self.pending = None
-        self.staged_kind = None
+        self.staged_kind, self.staged_since, self.activation_error = None, 0, ""
         self.set_record(p.record.kind, p.record)
         if p.record.kind == "performance":
             await core.leave_dr_secondary()  # fresh stores over the primary's data; serve again
@@ -180,3 +288,9 @@ class ActivationMixin:
                 await self.core.barrier.reload_keyring()
             except Exception as e:
                 log.warning("replication_keyring_reload_failed", error=type(e).__name__)
+
+
+def other_kind_staged(staged: str) -> str:
+    name = "DR" if staged == "dr" else "performance"
+    return (f"a {name} secondary activation is staged on this cluster: abandon it first with "
+            f"sys/replication/{staged}/secondary/disable, or replace it with a new {name} token")

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from vaultraft.core.key_ops import KeyOps
-from vaultraft.core.replication import staging
+from vaultraft.core.replication import backup, staging
 from vaultraft.core.replication.activating import ActivationMixin, PendingActivation
 from vaultraft.core.replication.adapters import ActivatingSink, Registry
 from vaultraft.core.replication.key_sync import (
@@ -38,12 +38,13 @@ from vaultraft.core.replication.seal_stream import UnwrappingSource
 from vaultraft.core.replication.status_view import StatusMixin
 from vaultraft.core.tasks import cancel_and_wait
 from vaultraft.core.tokens.entry import new_token_id
-from vaultraft.logical import InvalidRequest, Unavailable
+from vaultraft.logical import InternalError, InvalidRequest, Request, Response, Unavailable
 from vaultraft.raft.replica import RaftWalSource
 from vaultraft.raft.tls import ClusterCA, NodeCert, address_ips
 from vaultraft.replication.client import ReplicationClient
 from vaultraft.replication.registry import SecondaryContact
 from vaultraft.replication.server import ReplicationServer
+from vaultraft.storage import Batch, Op
 
 if TYPE_CHECKING:
     from vaultraft.core.core import Core
@@ -51,6 +52,18 @@ if TYPE_CHECKING:
 log = structlog.get_logger("vaultraft.replication")
 
 RECONCILE_PERIOD = 0.25
+#: Pipeline paths that a cluster with a staged activation serves before anything else (its
+#: tokens are unusable then): authorized by an operation token (``secondary_ops.staged_request``).
+STAGED_PATHS = frozenset(f"sys/replication/{kind}/secondary/{op}" for kind in ("dr", "performance")
+                         for op in ("enable", "update-primary", "disable", "generate-public-key"))
+
+
+async def store_staged_operation_token(core: Core, sha256_hex: str) -> None:
+    """Store the hash of the operation token minted while an activation is staged (raw,
+    cluster-own, deleted with the staged activation)."""
+    result = await core.barrier.physical.apply(Batch((Op.put(backup.OPERATION_TOKEN_KEY, sha256_hex.encode()),)))
+    if result.error is not None:
+        raise InternalError(f"failed to store the operation token: {result.error}")
 
 
 class ReplicationManager(ActivationMixin, StatusMixin):
@@ -61,7 +74,11 @@ class ReplicationManager(ActivationMixin, StatusMixin):
         self.records: dict[str, ReplicationRecord] = {}
         self.pending: PendingActivation | None = None
         self.staged_kind: str | None = None  # the kind of an activation staged in storage
+        self.staged_since = 0  # when it was staged (unix seconds)
+        self.activation_error = ""  # why the staged activation last failed to finish
+        self.activation_lock = asyncio.Lock()  # switch, abandon and replacement never overlap
         self._staged_unreadable = False
+        self._leftovers_checked = False
         self.contacts: dict[str, SecondaryContact] = {}
         self.active_replication_addr: str | None = None
         self.server: ReplicationServer | None = None
@@ -85,6 +102,12 @@ class ReplicationManager(ActivationMixin, StatusMixin):
         self.force_resync = True
         await self._stop_client()
         self.poke()
+
+    async def staged_request(self, req: Request) -> Response:
+        """Enable, update-primary or disable while an activation is staged (see secondary_ops)."""
+        from vaultraft.core.replication.secondary_ops import staged_request
+
+        return await staged_request(self.core, req)
 
     async def forward_to_primary(self, req: Any) -> Any:
         """A performance secondary: run ``req`` on the primary (see secondary_ops)."""
@@ -139,6 +162,13 @@ class ReplicationManager(ActivationMixin, StatusMixin):
         return self._operation_ops
 
     async def _mint_operation_token(self) -> str:
+        if self.activating:
+            # an activation that has not switched keys: the shares were this cluster's own (its
+            # seal still holds its own root key); the token only disables or replaces it
+            token = new_token_id()
+            await store_staged_operation_token(self.core, hashlib.sha256(token.encode()).hexdigest())
+            log.info("replication_operation_token_generated", staged_activation=True)
+            return token
         if self.dr is None or self.dr.mode != "secondary":
             raise InvalidRequest("this cluster is not a DR secondary")
         token = new_token_id()  # same length as a root token, so the same OTPs encode it
@@ -152,6 +182,17 @@ class ReplicationManager(ActivationMixin, StatusMixin):
         """Whether ``token`` is the current DR operation token (constant-time)."""
         want = self.dr.operation_token_sha256 if self.dr is not None else ""
         return bool(want) and hmac.compare_digest(hashlib.sha256(token.encode()).hexdigest(), want)
+
+    async def staged_operation_token_valid(self, token: str) -> bool:
+        """Whether ``token`` authorizes disabling or replacing the staged activation: the
+        operation token minted while it is staged, or the DR secondary's current one (an
+        update-primary that has not finished)."""
+        if not token:
+            return False
+        if self.operation_token_valid(token):
+            return True
+        want = await self.core.barrier.raw_get(backup.OPERATION_TOKEN_KEY)
+        return want is not None and hmac.compare_digest(hashlib.sha256(token.encode()).hexdigest().encode(), want)
 
     def forget_operation_token(self) -> None:
         """Drop the operation token from the in-memory record (callers store a new record)."""
@@ -239,7 +280,8 @@ class ReplicationManager(ActivationMixin, StatusMixin):
 
     async def load(self) -> None:
         """Re-read this cluster's records (standbys follow the active node's changes)."""
-        self.staged_kind = staging.staged_kind(await self.core.barrier.raw_get(staging.STAGED_KEY))
+        raw = await self.core.barrier.raw_get(staging.STAGED_KEY)
+        self.staged_kind, self.staged_since = staging.staged_kind(raw), staging.staged_at(raw)
         for kind in ("dr", "performance"):
             self.set_record(kind, await load_record(self._view(), kind))
 
@@ -285,7 +327,7 @@ class ReplicationManager(ActivationMixin, StatusMixin):
     async def reconcile(self) -> None:
         """Start or stop the server and client to match the records and this node's role."""
         if not self.core.active:
-            was, was_perf = self.dr_secondary, self.perf_secondary
+            was, was_perf, was_activating = self.dr_secondary, self.perf_secondary, self.activating
             await self.load()
             if was and not self.dr_secondary:  # the active node promoted or disabled the cluster
                 await self.core.leave_dr_secondary()
@@ -293,6 +335,8 @@ class ReplicationManager(ActivationMixin, StatusMixin):
                 await self.core.enter_dr_secondary()
             elif was_perf != self.perf_secondary:  # a performance role changed: fresh stores
                 await self.core.leave_dr_secondary()
+            elif was_activating and not self.activating and self.secondary_record() is None:
+                await self.core.leave_dr_secondary()  # an activation abandoned: its own data again
         if self.core.active:
             await self._sync_staged()
         await self._refresh_active_addr()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import ssl
@@ -21,7 +22,9 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from vaultraft.core.replication.manager import PendingActivation, ReplicationManager
+from vaultraft.core.replication import backup
+from vaultraft.core.replication.activating import PendingActivation, other_kind_staged
+from vaultraft.core.replication.manager import ReplicationManager
 from vaultraft.core.replication.ops import (
     ENABLE_WARNING,
     _active_manager,
@@ -34,15 +37,18 @@ from vaultraft.core.replication.records import (
     delete_record,
     save_record,
 )
-from vaultraft.core.replication.staging import stage
+from vaultraft.core.replication.staging import STAGED_KEY, stage
 from vaultraft.core.seal_replica import check_secondary_seal
 from vaultraft.logical import (
     InvalidRequest,
+    Operation,
     PermissionDenied,
     Request,
     Response,
     Unavailable,
+    UnsupportedOperation,
 )
+from vaultraft.raft.replica import RaftWalSource
 from vaultraft.raft.tls import ClusterCA
 from vaultraft.replication.activation import (
     ActivationToken,
@@ -91,25 +97,10 @@ async def _fetch_bundle(token: ActivationToken, api_addr: str, ca_file: str, pub
         raise InvalidRequest("the primary's activation answer is malformed") from None
 
 
-async def activate_secondary(core: "Core", token_str: str, primary_api_addr: str = "", ca_file: str = "",
-                             *, kind: str = "dr", updating: bool = False) -> list[str]:
-    """Become a secondary of ``kind`` of the primary that issued ``token_str``: fetch the
-    activation bundle, then let the client bulk-sync; this cluster's data is replaced by the
-    primary's (a performance secondary's local state too, on this first sync)."""
-    m = await _active_manager(core)
-    _kind(kind)
-    if m.primary_record() is not None:
-        raise InvalidRequest("this cluster is a replication primary; demote or disable it first")
-    current = m.records.get(kind)
-    if m.secondary_record() is not None and not updating:
-        raise InvalidRequest("this cluster is already a replication secondary; use update-primary")
-    try:
-        token = ActivationToken.decode(token_str, now=time.time())
-    except TokenError as e:
-        raise InvalidRequest(f"invalid activation token: {e}") from None
-    if token.mode != kind:
-        raise InvalidRequest(f"the token is not a {kind} secondary activation token")
-    await check_secondary_seal(core.seals)  # before the token is used and anything is wiped
+async def _open_activation(core: "Core", m: ReplicationManager, token: ActivationToken, primary_api_addr: str,
+                           ca_file: str, kind: str, current: ReplicationRecord | None) -> tuple[ReplicationRecord, bytes]:
+    """Use the token (fetch the bundle, or open the one it carries): the record to stage and
+    the primary's root key. The token is spent once this returns."""
     if token.bundle:
         priv = m.bundle_private_key
         if priv is None:
@@ -129,21 +120,113 @@ async def activate_secondary(core: "Core", token_str: str, primary_api_addr: str
             key_pem=bytes(b["key"]).decode(), primary_api_addr=primary_api_addr or token.primary_api_addr,
             primary_cluster_addrs=tuple(token.primary_cluster_addrs), primary_ca_file=ca_file,
             # update-primary keeps the DR operation token (it is revoked by delete or promote)
-            operation_token_sha256=current.operation_token_sha256 if updating and current is not None else "",
+            operation_token_sha256=current.operation_token_sha256 if current is not None else "",
         )
     except (BundleError, KeyError, TypeError, ValueError) as e:
         raise InvalidRequest(f"invalid activation bundle: {type(e).__name__}") from None
-    # durable and replicated in this cluster's own log, under its own root key (or HSM):
-    # whichever node is active after the bulk sync finishes the activation (staging.py)
-    await stage(core.seals, core.barrier, rec, root_key)
-    await m._stop_client()
-    m.pending = PendingActivation(rec, root_key, asyncio.Event())
-    m.staged_kind = kind
-    m.set_record(kind, m.records.get(kind))  # refresh the read-only flag for the pending role
-    await core.enter_dr_secondary()
+    return rec, root_key
+
+
+def _decode_token(token_str: str, kind: str) -> ActivationToken:
+    try:
+        token = ActivationToken.decode(token_str, now=time.time())
+    except TokenError as e:
+        raise InvalidRequest(f"invalid activation token: {e}") from None
+    if token.mode != kind:
+        raise InvalidRequest(f"the token is not a {kind} secondary activation token")
+    return token
+
+
+async def _own_data_backup(core: "Core") -> int:
+    """Copy this cluster's own replicated data aside (``backup.py``): one consistent read."""
+    raft = core.cluster.raft
+    assert raft is not None
+    async with RaftWalSource(raft).snapshot("dr") as snap:
+        return await backup.write(core.barrier.physical, snap.chunks(RaftWalSource.SNAPSHOT_CHUNK))
+
+
+async def activate_secondary(core: "Core", token_str: str, primary_api_addr: str = "", ca_file: str = "",
+                             *, kind: str = "dr", updating: bool = False) -> list[str]:
+    """Become a secondary of ``kind`` of the primary that issued ``token_str``: fetch the
+    activation bundle, then let the client bulk-sync; this cluster's data is replaced by the
+    primary's (a performance secondary's local state too, on this first sync). Its own data
+    is kept aside until the switch (``backup.py``), so ``disable`` can abandon the activation."""
+    m = await _active_manager(core)
+    _kind(kind)
+    if m.activating:
+        raise InvalidRequest(STAGED_NEEDS_TOKEN)
+    if m.primary_record() is not None:
+        raise InvalidRequest("this cluster is a replication primary; demote or disable it first")
+    current = m.records.get(kind)
+    if m.secondary_record() is not None and not updating:
+        raise InvalidRequest("this cluster is already a replication secondary; use update-primary")
+    token = _decode_token(token_str, kind)
+    await check_secondary_seal(core.seals)  # before the token is used and anything is wiped
+    async with m.activation_lock:  # no leftovers check while the backup is being written
+        if m.activating:
+            raise InvalidRequest(STAGED_NEEDS_TOKEN)
+        kept = await _own_data_backup(core)  # before the token is used: a failure spends nothing
+        try:
+            rec, root_key = await _open_activation(core, m, token, primary_api_addr, ca_file, kind,
+                                                   current if updating else None)
+            # durable and replicated in this cluster's own log, under its own root key (or HSM):
+            # whichever node is active after the bulk sync finishes the activation (staging.py)
+            await stage(core.seals, core.barrier, rec, root_key)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                # nothing staged: the backup is of no use (a staged record, e.g. committed
+                # before a timeout, is resumed from storage and needs its backup)
+                if await core.barrier.raw_get(STAGED_KEY) is None:
+                    await backup.clear(core.barrier.physical)
+            raise
+        await m._stop_client()
+        m.pending = PendingActivation(rec, root_key, asyncio.Event())
+        m.staged_kind, m.staged_since, m.activation_error = kind, int(time.time()), ""
+        m.set_record(kind, m.records.get(kind))  # refresh the read-only flag for the pending role
+        await core.enter_dr_secondary()
     m.poke()
-    log.info("replication_secondary_enabling", kind=kind, secondary_id=token.secondary_id)
+    log.info("replication_secondary_enabling", kind=kind, secondary_id=token.secondary_id, kept_keys=kept)
     return [ENABLE_WARNING.format(role="secondary")]
+
+
+async def replace_staged_activation(core: "Core", token_str: str, primary_api_addr: str = "", ca_file: str = "",
+                                    kind: str = "dr") -> list[str]:
+    """A new activation (a token from a working primary) in place of the staged one that
+    cannot finish. Consistent with the staging design: until the switch the staged activation
+    changed nothing this cluster cannot give back (its keys are its own, its data is in the
+    backup, which stays the data from before the first activation), and the new activation's
+    first bulk sync replaces whatever the earlier one copied."""
+    m = await _active_manager(core)
+    _kind(kind)
+    staged = m.staged_activation_kind()
+    if staged is None:
+        raise InvalidRequest("no replication activation is staged on this cluster")
+    if staged != kind:
+        raise InvalidRequest(other_kind_staged(staged))
+    if backup.marker_kind(await core.barrier.raw_get(backup.ABANDON_KEY)) is not None:
+        raise InvalidRequest("the staged activation is being abandoned (disable); activate again once "
+                             f"sys/replication/{kind}/status shows mode disabled")
+    token = _decode_token(token_str, kind)
+    await check_secondary_seal(core.seals)  # before the token is used
+    rec, root_key = await _open_activation(core, m, token, primary_api_addr, ca_file, kind, m.records.get(kind))
+    async with m.activation_lock:  # never in the middle of the switch
+        if m.staged_activation_kind() != kind:
+            raise InvalidRequest("the staged activation finished or was abandoned while this one was prepared; "
+                                 "the new token is spent: revoke its id on its primary and issue another")
+        await m._stop_client()
+        await stage(core.seals, core.barrier, rec, root_key)  # replaces the staged record in one batch
+        old, m.pending = m.pending, PendingActivation(rec, root_key, asyncio.Event())
+        if old is not None:
+            old.done.set()
+        m.staged_kind, m.staged_since, m.activation_error = kind, int(time.time()), ""
+        m._staged_unreadable = False
+        m.set_record(kind, m.records.get(kind))
+        await core.enter_dr_secondary()
+    m.poke()
+    log.info("replication_secondary_activation_replaced", kind=kind, secondary_id=token.secondary_id,
+             replaced=old.record.secondary_id if old is not None else "")
+    return [ENABLE_WARNING.format(role="secondary"),
+            "The activation staged earlier on this cluster was replaced by this one."]
 
 
 async def generate_public_key(core: "Core") -> str:
@@ -161,10 +244,57 @@ async def check_operation_token(core: "Core", token: str) -> None:
 
 
 def _secondary(m: ReplicationManager, kind: str) -> ReplicationRecord:
+    staged = m.staged_activation_kind()
+    if staged is not None:
+        name = "DR" if staged == "dr" else "performance"
+        raise InvalidRequest(f"the {name} secondary activation of this cluster has not finished (see "
+                             f"sys/replication/{staged}/status): wait for it, replace it with a new token "
+                             f"(sys/replication/{staged}/secondary/update-primary) or abandon it "
+                             f"(sys/replication/{staged}/secondary/disable)")
     rec = m.records.get(kind)
-    if rec is None or rec.mode != "secondary" or m.pending is not None:
+    if rec is None or rec.mode != "secondary":
         raise InvalidRequest(f"this cluster is not a {'DR' if kind == 'dr' else 'performance'} secondary")
     return rec
+
+
+#: The refusal when an activation is staged and no operation token came with the request.
+STAGED_NEEDS_TOKEN = (
+    "a replication activation is staged on this cluster and has not finished: enable, update-primary and "
+    "disable need a dr_operation_token now, generated with this cluster's own unseal keys (recovery keys "
+    "with an HSM seal) through sys/replication/dr/secondary/generate-operation-token, since its tokens "
+    "cannot be used until the activation finishes")
+
+
+async def _check_staged_token(m: ReplicationManager, op_token: str | None) -> None:
+    """Authorize disabling or replacing a staged activation (400 without a token, 403 with a wrong one)."""
+    if not op_token:
+        raise InvalidRequest(STAGED_NEEDS_TOKEN)
+    if not await m.staged_operation_token_valid(op_token):
+        raise PermissionDenied()
+
+
+async def staged_request(core: "Core", req: Request) -> Response:
+    """``sys/replication/<kind>/secondary/{enable,update-primary,disable,generate-public-key}``
+    through the pipeline while an activation is staged (core serves them first: the cluster's
+    tokens are unusable): authorized by ``dr_operation_token`` like a DR secondary's operations."""
+    _, _, kind, _, op = req.path.split("/", 4)
+    if req.operation not in (Operation.UPDATE, Operation.CREATE):
+        raise UnsupportedOperation()
+    m = await _active_manager(core)
+    if not m.activating:
+        raise InvalidRequest("the staged activation finished or was abandoned meanwhile: retry the request")
+    data = req.data or {}
+    op_token = str(data.get("dr_operation_token") or "")
+    if op == "disable":
+        return Response(warnings=await disable_secondary(core, op_token, kind))
+    if op == "generate-public-key":  # for a public-key token that replaces the staged activation
+        await _check_staged_token(m, op_token)
+        return Response(data={"secondary_public_key": await generate_public_key(core)})
+    token = str(data.get("token") or "")
+    if not token:
+        raise InvalidRequest("missing required 'token' parameter")
+    return Response(warnings=await update_primary(core, op_token, token, str(data.get("primary_api_addr") or ""),
+                                                  str(data.get("ca_file") or ""), kind))
 
 
 async def promote(core: "Core", op_token: str | None, primary_cluster_addr: str = "", kind: str = "dr",
@@ -222,6 +352,12 @@ async def update_primary(core: "Core", op_token: str | None, token_str: str, pri
                          ca_file: str = "", kind: str = "dr") -> list[str]:
     """Point this secondary at a (new) primary with a fresh activation token."""
     m = await _active_manager(core)
+    staged = m.staged_activation_kind()
+    if staged is not None:  # an activation that cannot finish: the new one replaces it
+        if staged != kind:
+            raise InvalidRequest(other_kind_staged(staged))
+        await _check_staged_token(m, op_token)
+        return await replace_staged_activation(core, token_str, primary_api_addr, ca_file, kind)
     _secondary(m, kind)
     if kind == "dr":
         await check_operation_token(core, op_token or "")
@@ -229,8 +365,19 @@ async def update_primary(core: "Core", op_token: str | None, token_str: str, pri
 
 
 async def disable_secondary(core: "Core", op_token: str | None, kind: str = "dr") -> list[str]:
-    """Stop being a secondary: the cluster keeps its data and serves as a standalone one."""
+    """Stop being a secondary: the cluster keeps its data and serves as a standalone one. While
+    an activation is staged (not switched yet) it is abandoned instead: the cluster gets back
+    its own data and serves it with its own keys, as before the enable."""
     m = await _active_manager(core)
+    staged = m.staged_activation_kind()
+    if staged is not None:
+        if staged != kind:
+            raise InvalidRequest(other_kind_staged(staged))
+        await _check_staged_token(m, op_token)
+        await m.abandon_activation(kind)
+        name = "DR" if kind == "dr" else "performance"
+        return [f"The {name} secondary activation was abandoned: this cluster serves its own data again, "
+                "with its own keys and tokens."]
     _secondary(m, kind)
     if kind == "dr":
         await check_operation_token(core, op_token or "")

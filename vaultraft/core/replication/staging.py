@@ -10,9 +10,11 @@ the primary's root key in its existing staged form (``core/hsm/root-key-next``, 
 by its HSM) and the record holds only the replication record.
 
 Any node of the secondary that is active while the record exists resumes the activation
-(:meth:`ReplicationManager.resume_staged`); the switch to the primary's keyring deletes the
-record in the same storage batch (``manager.finish_activation``), so it never outlives the
-activation. Nothing here logs key material.
+(``ActivationMixin._sync_staged``); the switch to the primary's keyring deletes the
+record in the same storage batch (``activating.finish_activation``), so it never outlives the
+activation. An activation that cannot finish is abandoned by ``disable`` (the cluster's own data
+comes back from ``backup.py``) or replaced by a new one (``stage`` again). Nothing here logs key
+material.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import time
 from dataclasses import dataclass, field
 
 from cryptography.exceptions import InvalidTag
@@ -59,8 +62,8 @@ def _key(own_root: bytes) -> bytes:
 def _envelope(kind: str, seal: str, own_root: bytes, payload: bytes) -> bytes:
     nonce = os.urandom(12)
     ct = AESGCM(_key(own_root)).encrypt(nonce, payload, STAGED_KEY.encode())
-    return json.dumps({"v": STAGED_VERSION, "kind": kind, "seal": seal, "nonce": base64.b64encode(nonce).decode(),
-                       "ct": base64.b64encode(ct).decode()}).encode()
+    return json.dumps({"v": STAGED_VERSION, "kind": kind, "seal": seal, "staged_at": int(time.time()),
+                       "nonce": base64.b64encode(nonce).decode(), "ct": base64.b64encode(ct).decode()}).encode()
 
 
 def staged_kind(raw: bytes | None) -> str | None:
@@ -74,10 +77,22 @@ def staged_kind(raw: bytes | None) -> str | None:
         return None
 
 
+def staged_at(raw: bytes | None) -> int:
+    """When a staged record was written (unix seconds, readable without keys; 0 if unknown)."""
+    if raw is None:
+        return 0
+    try:
+        d = json.loads(raw)
+        return int(d.get("staged_at") or 0) if isinstance(d, dict) else 0
+    except (ValueError, TypeError):
+        return 0
+
+
 async def stage(mgr: SealManager, barrier: Barrier, record: ReplicationRecord, root_key: bytes) -> None:
     """At activation (unsealed barrier, still on this cluster's own root key): store the
     staged record; with an HSM seal also the primary's root key encrypted by the HSM at
-    ``core/hsm/root-key-next``, in the same batch. InternalError when the HSM or storage fails."""
+    ``core/hsm/root-key-next``, in the same batch. Replaces a staged activation (both
+    records) when there is one. InternalError when the HSM or storage fails."""
     own_root = barrier.root_key()
     mode = await mgr.mode()
     seal = mgr.seal

@@ -24,12 +24,16 @@ class StatusMixin:
     core: Core
     records: dict[str, ReplicationRecord]
     pending: PendingActivation | None
+    staged_since: int
+    activation_error: str
+    _staged_unreadable: bool
     contacts: dict[str, SecondaryContact]
     client: ReplicationClient | None
     merkle: MerkleRoots
 
     if TYPE_CHECKING:
         def _pending_kind(self, kind: str) -> bool: ...
+        def staged_activation_kind(self) -> str | None: ...
 
     def _applied_index(self) -> int:
         raft = self.core.cluster.raft
@@ -55,6 +59,9 @@ class StatusMixin:
         if self._pending_kind(kind):
             assert self.pending is not None
             rec = self.pending.record
+        staged = self.staged_activation_kind() == kind
+        if rec is None and staged:  # a standby, or a record this node cannot open
+            rec = ReplicationRecord(kind=kind, mode="secondary", cluster_id="")
         if rec is None:
             return {"mode": "disabled"}
         source = self.core.cluster.raft
@@ -84,6 +91,16 @@ class StatusMixin:
         st = self.client.status() if self.client is not None else None
         pos = source.store.replica_state() if source is not None else None
         connected = st is not None and st.connection_state == "connected"
+        extra: dict[str, Any] = {"last_error": st.last_error if st is not None else ""}
+        if staged:
+            # an activation that has not switched to the primary's keys yet: until it does,
+            # disable abandons it and update-primary (or enable) replaces it (see DESIGN.md)
+            if self._staged_unreadable:
+                extra["last_error"] = "the staged activation does not open with this node's root key"
+            elif self.activation_error:
+                extra["last_error"] = self.activation_error
+            extra["activation_staged"] = True
+            extra["activation_staged_at"] = _rfc3339(self.staged_since) if self.staged_since else ""
         return {
             "mode": "secondary", "cluster_id": rec.cluster_id,
             "state": st.state if st is not None else "idle",
@@ -99,7 +116,7 @@ class StatusMixin:
             }] if rec.secondary_id else [],
             "merkle_root": merkle, "corrupted_merkle_tree": False,
             "epoch": max(rec.epoch, st.primary_epoch if st is not None else 0),
-        }
+        } | extra
 
 
 def _rfc3339(t: float) -> str:

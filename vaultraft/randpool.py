@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import threading
-import uuid
 
 #: Bytes read from the kernel at a time.
 POOL_BYTES = 4096
@@ -46,5 +45,9 @@ def unique_bytes(n: int) -> bytes:
 
 
 def uuid4_str() -> str:
-    """A random (version 4) UUID as text, like ``str(uuid.uuid4())``."""
-    return str(uuid.UUID(bytes=unique_bytes(16), version=4))
+    """A random (version 4, RFC 4122 variant) UUID as text, like ``str(uuid.uuid4())``."""
+    b = bytearray(unique_bytes(16))
+    b[6] = (b[6] & 0x0F) | 0x40
+    b[8] = (b[8] & 0x3F) | 0x80
+    h = b.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"

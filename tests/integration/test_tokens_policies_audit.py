@@ -59,6 +59,49 @@ def test_limited_token_is_denied_outside_its_policy(root: hvac.Client, dev_node:
         assert json.loads(r.read())["data"]["accessor"] == tok["accessor"]
 
 
+CREATE_UPDATE_POLICY = """
+path "secret/data/cu/create-only/*" {
+  capabilities = ["create"]
+}
+path "secret/data/cu/update-only/*" {
+  capabilities = ["update"]
+}
+path "secret/data/cu/both/*" {
+  capabilities = ["create", "update"]
+}
+"""
+
+
+def test_create_and_update_capabilities_follow_existence(root: hvac.Client, dev_node: Node, tmp_path: Path) -> None:
+    """A write is a create when the secret does not exist yet and an update otherwise
+    (Vault's existence check), whether or not the caller holds both capabilities and
+    whether or not an audit device records the operation."""
+    root.sys.create_or_update_policy("cu", CREATE_UPDATE_POLICY)
+    tok = root.auth.token.create(policies=["cu"], ttl="1h")["auth"]["client_token"]
+    c = hvac.Client(url=dev_node.addr, token=tok)
+    kv = c.secrets.kv.v2
+    for run in ("plain", "audited"):
+        if run == "audited":
+            log = tmp_path / "cu-audit.log"
+            root.sys.enable_audit_device("file", path="cu", options={"file_path": str(log)})
+        kv.create_or_update_secret(f"cu/create-only/{run}", {"v": "1"})  # new: create
+        with pytest.raises(hvac.exceptions.Forbidden):  # exists now: an update
+            kv.create_or_update_secret(f"cu/create-only/{run}", {"v": "2"})
+        with pytest.raises(hvac.exceptions.Forbidden):  # new: a create, not held
+            kv.create_or_update_secret(f"cu/update-only/{run}", {"v": "1"})
+        root.secrets.kv.v2.create_or_update_secret(f"cu/update-only/{run}", {"v": "1"})
+        kv.create_or_update_secret(f"cu/update-only/{run}", {"v": "2"})  # exists: update
+        kv.create_or_update_secret(f"cu/both/{run}", {"v": "1"})
+        kv.create_or_update_secret(f"cu/both/{run}", {"v": "2"})
+        got = root.secrets.kv.v2.read_secret_version(f"cu/both/{run}", raise_on_deleted_version=True)
+        assert got["data"]["data"] == {"v": "2"} and got["data"]["metadata"]["version"] == 2
+    root.sys.disable_audit_device("cu")
+    lines = [json.loads(x) for x in log.read_text().splitlines()]
+    ops = [x["request"]["operation"] for x in lines
+           if x["type"] == "request" and x["request"]["path"] == "secret/data/cu/both/audited"]
+    assert ops == ["create", "update", "read"]  # the two writes, then root's read
+
+
 def test_token_lifecycle(root: hvac.Client, dev_node: Node) -> None:
     root.sys.create_or_update_policy("creator", 'path "auth/token/create" { capabilities = ["create", "update"] }')
     parent = root.auth.token.create(policies=["creator"], ttl="1h")["auth"]

@@ -53,3 +53,10 @@ def test_a_forked_child_does_not_repeat_the_parents_bytes() -> None:
     os.waitpid(pid, 0)
     assert len(child) == 16
     assert child != randpool.unique_bytes(16)
+
+
+def test_uuid4_text_matches_the_uuid_module() -> None:
+    for _ in range(200):
+        text = randpool.uuid4_str()
+        assert str(uuid.UUID(text)) == text
+        assert uuid.UUID(text).version == 4

@@ -105,6 +105,17 @@ class Backend:
             return None
         return await check(req, self._field_data(p, groups, req))
 
+    def create_is_update(self, path: str) -> bool:
+        """Whether a write to ``path`` runs the same handler as a create or as an update, so
+        that the existence check cannot change what the backend does (only which ACL
+        capability and audit operation the request is under)."""
+        found = self.match(path)
+        if found is None:
+            return False
+        ops = found[0].operations
+        update = ops.get(Operation.UPDATE)
+        return update is not None and (ops.get(Operation.CREATE) or update) == update
+
     async def handle(self, req: Request) -> Response | None:
         """Run the handler for ``req``; raises UnsupportedPath/UnsupportedOperation."""
         found = self.match(req.path)

@@ -20,7 +20,6 @@ own to stay exact — on the active node and on standbys alike, across role chan
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import hmac
 import secrets
 from contextlib import asynccontextmanager
@@ -139,7 +138,8 @@ class TokenStore:
 
     async def hash_id(self, token_id: str) -> str:
         """The storage name of ``token_id``: hex HMAC-SHA256 under this store's salt."""
-        return hmac.new(await self._key(), token_id.encode("utf-8"), hashlib.sha256).hexdigest()
+        key = self._salt if self._salt is not None else await self._key()
+        return hmac.digest(key, token_id.encode("utf-8"), "sha256").hex()
 
     async def _load(self, h: str) -> TokenEntry | None:
         key = ID_PREFIX + h

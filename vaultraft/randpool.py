@@ -17,14 +17,20 @@ import threading
 #: Bytes read from the kernel at a time.
 POOL_BYTES = 4096
 
-_lock = threading.Lock()
-_pool = b""
-_pos = 0
+class _Pool(threading.local):
+    """One pool per thread: no lock on the request path (the event loop's thread draws
+    almost all of them)."""
+
+    data = b""
+    pos = 0
+
+
+_pool = _Pool()
 
 
 def _reset_after_fork() -> None:
-    global _pool, _pos, _lock
-    _pool, _pos, _lock = b"", 0, threading.Lock()
+    global _pool
+    _pool = _Pool()
 
 
 os.register_at_fork(after_in_child=_reset_after_fork)
@@ -32,16 +38,15 @@ os.register_at_fork(after_in_child=_reset_after_fork)
 
 def unique_bytes(n: int) -> bytes:
     """``n`` bytes from the kernel CSPRNG, never handed out before (``0 < n <= 256``)."""
-    global _pool, _pos
     if not 0 < n <= 256:
         raise ValueError("unique_bytes serves 1 to 256 bytes")
-    with _lock:
-        end = _pos + n
-        if end > len(_pool):
-            _pool, _pos, end = os.urandom(POOL_BYTES), 0, n
-        out = _pool[_pos:end]
-        _pos = end
-    return out
+    pool = _pool
+    pos = pool.pos
+    end = pos + n
+    if end > len(pool.data):
+        pool.data, pos, end = os.urandom(POOL_BYTES), 0, n
+    pool.pos = end
+    return pool.data[pos:end]
 
 
 def uuid4_str() -> str:

@@ -60,3 +60,22 @@ def test_uuid4_text_matches_the_uuid_module() -> None:
         text = randpool.uuid4_str()
         assert str(uuid.UUID(text)) == text
         assert uuid.UUID(text).version == 4
+
+
+def test_threads_draw_distinct_values() -> None:
+    import threading
+
+    out: list[bytes] = []
+    lock = threading.Lock()
+
+    def draw() -> None:
+        got = [randpool.unique_bytes(16) for _ in range(500)]
+        with lock:
+            out.extend(got)
+
+    threads = [threading.Thread(target=draw) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(set(out)) == len(out) == 2000

@@ -67,6 +67,10 @@ class AclResult:
     failed_parameter: str | None = None
 
 
+#: Every root-token decision (frozen, so one instance serves them all).
+_ROOT_RESULT = AclResult(allowed=True, root_privs=True, is_root=True, capabilities=frozenset({ROOT}))
+
+
 class _Builder:
     """Mutable accumulator mirroring Vault's in-place merge of ACLPermissions."""
 
@@ -276,7 +280,7 @@ class ACL:
         any. Parameter constraints apply to create, update and patch.
         """
         if self._root:
-            return AclResult(allowed=True, root_privs=True, is_root=True, capabilities=frozenset({ROOT}))
+            return _ROOT_RESULT
         op = _op_name(operation)
         if op == "help":
             return AclResult(allowed=True)

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import signal
 import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import hvac
+import lmdb
 
 from cluster.local import ClusterNode, LocalCluster
 
@@ -86,3 +90,53 @@ def unseal_with(lc: LocalCluster, keys: list[str], threshold: int) -> None:
         for key in keys[:threshold]:
             status, body = n.request("PUT", "sys/unseal", {"key": key})
             assert status == 200, body
+
+
+def fill_big(lc: LocalCluster, mount: str, count: int = 20) -> None:
+    """``count`` secrets of 1 MiB each on a new kv-v2 ``mount``: a bulk sync that takes a moment."""
+    c = client(lc)
+    c.sys.enable_secrets_engine("kv", path=mount, options={"version": "2"})
+    big = "x" * (1 << 20)
+    for i in range(count):
+        c.secrets.kv.v2.create_or_update_secret(f"big{i}", {"v": big}, mount_point=mount)
+
+
+def live_keys(data_dir: Path, prefix: bytes) -> list[bytes]:
+    """Keys under ``prefix`` in a node's store (a read-only LMDB reader next to the server)."""
+    out: list[bytes] = []
+    for mdb in Path(data_dir).rglob("data.mdb"):
+        env = lmdb.open(str(mdb.parent), readonly=True, max_dbs=4, lock=False, subdir=True)
+        try:
+            try:
+                db = env.open_db(b"data", create=False)
+            except lmdb.Error:
+                continue
+            with env.begin(db=db) as txn:
+                cur = txn.cursor()
+                found = cur.set_range(prefix)
+                while found and bytes(cur.key()).startswith(prefix):
+                    out.append(bytes(cur.key()))
+                    found = cur.next()
+        finally:
+            env.close()
+    return out
+
+
+def kill_mid_bulk_sync(primary: LocalCluster, own_data_gone: Callable[[], bool], timeout: float = 20.0) -> None:
+    """Freeze the (single-node) primary as a secondary's first bulk sync runs, let it go on in
+    small steps until ``own_data_gone`` (the secondary dropped its own data for the bulk sync),
+    then kill it for good: the activation can never finish. The primary must hold enough data
+    for its bulk sync to take a while (~20 MB)."""
+    pn = primary.nodes[0]
+    primary.pause(pn)
+    end = time.monotonic() + timeout
+    try:
+        while not own_data_gone():
+            assert time.monotonic() < end, "the secondary never started its bulk sync"
+            primary.resume(pn)
+            time.sleep(0.005)
+            primary.pause(pn)
+            time.sleep(0.05)
+    finally:
+        pn.signal(signal.SIGKILL)
+        pn.wait_exit(10)

@@ -8,23 +8,40 @@ from the secondary's OWN unseal keys abandons it: the secondary's own data comes
 root token reads it) and its own keys unseal it after a restart. Then a second activation is
 stuck against an unreachable primary address, and ``dr/secondary/enable`` with a token from
 a working primary replaces it: the secondary activates and streams. A stuck performance
-activation is abandoned the same way (``performance/secondary/disable``).
+activation is abandoned the same way (``performance/secondary/disable``). While an activation
+is staged, ``sys/health`` reports the cluster as a secondary of that kind, as its replication
+status does.
+
+Last, a two-node performance secondary (active node + performance standby) whose primary dies
+mid bulk-sync: every node refuses client requests (503) instead of serving its half-synced
+copy, the standby without forwarding, and a standby restarted then is unsealed with the
+cluster's own keys and refuses too; disable, sent to the standby, abandons the activation and
+both nodes serve the cluster's own data again.
 """
 
 from __future__ import annotations
 
-import signal
 import socket
-import time
+import uuid
 from collections.abc import Iterator
-from pathlib import Path
+from typing import Any
 
 import hvac
-import lmdb
 import pytest
 
-from cluster.local import LocalCluster
-from tests.integration.dr_helpers import MOUNT, caught_up, client, dr_status, node, operation_token, wait_for
+from cluster.local import ClusterNode, LocalCluster
+from tests.integration.dr_helpers import (
+    MOUNT,
+    caught_up,
+    client,
+    dr_status,
+    fill_big,
+    kill_mid_bulk_sync,
+    live_keys,
+    node,
+    operation_token,
+    wait_for,
+)
 
 pytestmark = pytest.mark.xdist_group("test_dr_activation_abandon")
 
@@ -32,6 +49,7 @@ OWN = "own"
 STAGED_KEY = b"core/replication/activation"
 STAGED_PREFIX = b"core/replication/staged/"
 NEEDS_TOKEN = "a replication activation is staged on this cluster and has not finished"
+PERF_ACTIVATING = "this cluster is being activated as a performance secondary"
 
 
 @pytest.fixture(scope="module")
@@ -41,37 +59,13 @@ def sites(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalClust
     try:
         p.up()
         s.up()
-        client(p).sys.enable_secrets_engine("kv", path=MOUNT, options={"version": "2"})
-        big = "x" * (1 << 20)
-        for i in range(20):  # a bulk sync that takes a moment
-            client(p).secrets.kv.v2.create_or_update_secret(f"big{i}", {"v": big}, mount_point=MOUNT)
+        fill_big(p, MOUNT)  # a bulk sync that takes a moment
         client(s).sys.enable_secrets_engine("kv", path=OWN, options={"version": "2"})
         client(s).secrets.kv.v2.create_or_update_secret("mine", {"v": "secondary's own"}, mount_point=OWN)
         yield p, s
     finally:
         p.stop()
         s.stop()
-
-
-def live_keys(data_dir: Path, prefix: bytes) -> list[bytes]:
-    """Keys under ``prefix`` in a node's store (a read-only LMDB reader next to the server)."""
-    out: list[bytes] = []
-    for mdb in Path(data_dir).rglob("data.mdb"):
-        env = lmdb.open(str(mdb.parent), readonly=True, max_dbs=4, lock=False, subdir=True)
-        try:
-            try:
-                db = env.open_db(b"data", create=False)
-            except lmdb.Error:
-                continue
-            with env.begin(db=db) as txn:
-                cur = txn.cursor()
-                found = cur.set_range(prefix)
-                while found and bytes(cur.key()).startswith(prefix):
-                    out.append(bytes(cur.key()))
-                    found = cur.next()
-        finally:
-            env.close()
-    return out
 
 
 def read_own(s: LocalCluster) -> str:
@@ -98,16 +92,7 @@ def test_disable_abandons_an_activation_whose_primary_is_gone(sites: tuple[Local
     # freeze the primary as soon as the bulk sync runs, let it go on in small steps until the
     # secondary has dropped its own data for the bulk sync, then kill it for good
     wait_for("the bulk sync to start", lambda: dr_status(s).get("state") == "merkle-sync", timeout=20)
-    p.pause(p.nodes[0])
-    end = time.monotonic() + 20
-    while live_keys(sn.data_dir, own_prefix):
-        assert time.monotonic() < end, "the secondary never started its bulk sync"
-        p.resume(p.nodes[0])
-        time.sleep(0.005)
-        p.pause(p.nodes[0])
-        time.sleep(0.05)
-    p.nodes[0].signal(signal.SIGKILL)
-    p.nodes[0].wait_exit(10)
+    kill_mid_bulk_sync(p, lambda: not live_keys(sn.data_dir, own_prefix))
 
     # stuck: the status says why, and the cluster serves nothing
     st = wait_for("the stuck activation in the status",
@@ -115,7 +100,10 @@ def test_disable_abandons_an_activation_whose_primary_is_gone(sites: tuple[Local
     assert st["mode"] == "secondary" and st["activation_staged"] is True and st["activation_staged_at"]
     assert st["state"] == "connecting" and st["secondary_id"] == "lost", st
     n = node(s)
-    assert n.request("GET", "sys/health")[0] == 472
+    # sys/health says what the status says: a DR secondary (Vault's 472), not "disabled"
+    status, body = n.request("GET", "sys/health")
+    assert status == 472 and body["replication_dr_mode"] == "secondary", body
+    assert body["replication_performance_mode"] == "disabled", body
     # enable and disable without an operation token: Vault-shaped 400s that say what to do
     for path, body in (("sys/replication/dr/secondary/enable", {"token": tok}),
                        ("sys/replication/dr/secondary/disable", {})):
@@ -134,7 +122,8 @@ def test_disable_abandons_an_activation_whose_primary_is_gone(sites: tuple[Local
     status, out = n.request("PUT", "sys/replication/dr/secondary/disable", {"dr_operation_token": op})
     assert status == 200 and "abandoned" in out["warnings"][0], out
     assert dr_status(s) == {"mode": "disabled"}
-    assert n.request("GET", "sys/health")[0] == 200
+    status, body = n.request("GET", "sys/health")
+    assert status == 200 and body["replication_dr_mode"] == "disabled", body
     assert read_own(s) == "secondary's own"  # with its own root token
     assert live_keys(sn.data_dir, STAGED_KEY) == [] and live_keys(sn.data_dir, STAGED_PREFIX) == []
     assert live_keys(sn.data_dir, b"logical/") == live_keys(sn.data_dir, own_prefix)  # nothing of the primary's
@@ -173,14 +162,18 @@ def test_performance_disable_abandons_a_stuck_activation(sites: tuple[LocalClust
     st = wait_for("the stuck performance activation",
                   lambda: (st := perf_status()).get("last_error", "").startswith("cannot reach the primary") and st)
     assert st["activation_staged"] is True and st["mode"] == "secondary", st
+    status, body = n.request("GET", "sys/health")
+    assert status == 200 and body["replication_performance_mode"] == "secondary", body
+    assert body["replication_dr_mode"] == "disabled", body
     status, out = n.request("GET", f"{OWN}/data/mine", token=s.root_token)
-    assert status == 503, out  # its tokens are unusable until the activation is over
+    assert status == 503 and PERF_ACTIVATING in out["errors"][0], out  # nothing served until it is over
     status, out = n.request("PUT", "sys/replication/performance/secondary/disable", {}, token=s.root_token)
     assert status == 400 and NEEDS_TOKEN in out["errors"][0], out
     op = operation_token(s, s.init.keys)  # the cluster's own keys
     status, out = n.request("PUT", "sys/replication/performance/secondary/disable", {"dr_operation_token": op})
     assert status == 200 and "abandoned" in out["warnings"][0], out
     assert perf_status() == {"mode": "disabled"}
+    assert n.request("GET", "sys/health")[1]["replication_performance_mode"] == "disabled"
     assert read_own(s) == "secondary's own"
     assert live_keys(s.nodes[0].data_dir, STAGED_PREFIX) == []
     pc.write("sys/replication/performance/primary/revoke-secondary", secondary_id="perf-stuck")
@@ -225,3 +218,97 @@ def test_enable_replaces_an_activation_that_cannot_proceed(sites: tuple[LocalClu
     hvac_client = hvac.Client(url=n.addr, token=s.root_token, timeout=10)
     with pytest.raises(hvac.exceptions.InvalidRequest):
         hvac_client.secrets.kv.v2.read_secret_version("mine", mount_point=OWN)
+
+
+@pytest.fixture(scope="module")
+def ha_secondary(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """A two-node cluster whose standby is a performance standby (it serves reads itself)."""
+    s = LocalCluster(tmp_path_factory.mktemp("abandon-ha-secondary"), size=2)
+    for n in s.nodes:
+        n.storage_extra = "performance_standby = true"
+    try:
+        s.up()
+        client(s).sys.enable_secrets_engine("kv", path=OWN, options={"version": "2"})
+        client(s).secrets.kv.v2.create_or_update_secret("mine", {"v": "secondary's own"}, mount_point=OWN)
+        yield s
+    finally:
+        s.stop()
+
+
+def refuses_clients(n: ClusterNode, token: str) -> None:
+    """``n`` answers client requests with the activation's 503, whatever the path; the
+    staged-activation endpoints, health, status and seal status still answer."""
+    for path in (f"{OWN}/data/mine", f"{MOUNT}/data/big0", "sys/mounts", "auth/token/lookup-self"):
+        status, out = n.request("GET", path, token=token)
+        assert status == 503 and PERF_ACTIVATING in (out or {}).get("errors", [""])[0], (n.name, path, status, out)
+    status, out = n.request("PUT", "sys/generate-root/attempt", {})
+    assert status == 503 and PERF_ACTIVATING in out["errors"][0], (n.name, status, out)
+    status, out = n.request("GET", "sys/seal-status")
+    assert status == 200 and out["sealed"] is False, (n.name, out)
+    status, out = n.request("PUT", "sys/replication/performance/secondary/disable", {}, token=token)
+    assert status == 400 and NEEDS_TOKEN in out["errors"][0], (n.name, status, out)
+
+
+def perf_mode(n: ClusterNode) -> tuple[int, str, dict[str, Any]]:
+    """``n``'s sys/health code, its ``replication_performance_mode`` and its performance status."""
+    status, health = n.request("GET", "sys/health")
+    assert health["replication_dr_mode"] == "disabled", health
+    st = n.request("GET", "sys/replication/performance/status")[1]["data"]
+    return status, str(health["replication_performance_mode"]), dict(st)
+
+
+def test_every_node_refuses_clients_while_a_performance_activation_is_staged(
+        sites: tuple[LocalCluster, LocalCluster], ha_secondary: LocalCluster) -> None:
+    p, s = sites[0], ha_secondary
+    assert s.init is not None
+    ensure_primary_up(p)
+    active = node(s)
+    standby = next(n for n in s.nodes if n is not active)
+    # before: the performance standby answers reads from its own copy
+    wait_for("the standby to serve its own copy",
+             lambda: standby.request("GET", f"{OWN}/data/mine", token=s.root_token)[0] == 200)
+    own_prefix = f"logical/{client(s).sys.list_mounted_secrets_engines()[f'{OWN}/']['uuid']}/".encode()
+    pc = client(p)
+    pc.write("sys/replication/performance/primary/enable")
+    tok = pc.write("sys/replication/performance/primary/secondary-token", id="perf-ha")["wrap_info"]["token"]
+    client(s).write("sys/replication/performance/secondary/enable", token=tok)
+    wait_for("the bulk sync to start", lambda: perf_mode(active)[2].get("state") == "merkle-sync", timeout=20)
+    # the primary dies once the standby holds a half-synced copy: its own data dropped by the
+    # bulk sync, part of the primary's arrived
+    kill_mid_bulk_sync(p, lambda: not live_keys(standby.data_dir, own_prefix)
+                       and bool(live_keys(standby.data_dir, b"logical/")))
+    wait_for("the stuck activation in the status",
+             lambda: perf_mode(active)[2].get("last_error", "").startswith("cannot reach the primary"))
+
+    # every node: health and status agree (a performance secondary), and no client request is
+    # served, by the standby either (it neither reads its half-synced copy nor forwards)
+    for n, code in ((active, 200), (standby, 473)):
+        status, mode, st = perf_mode(n)
+        assert (status, mode, st["mode"], st["activation_staged"]) == (code, "secondary", "secondary", True), st
+        refuses_clients(n, s.root_token)
+    probe = f"{OWN}/data/probe-{uuid.uuid4().hex}"
+    assert standby.request("GET", probe, token=s.root_token)[0] == 503
+    assert probe not in active.log_path.read_text(), "the standby forwarded instead of refusing"
+
+    # a standby restarted now is unsealed with the cluster's own keys and refuses clients at once
+    s.restart(standby)
+    active = node(s)
+    standby = next(n for n in s.nodes if n is not active)
+    for n in s.nodes:
+        wait_for(f"{n.name} to report the staged activation", lambda n=n: perf_mode(n)[1] == "secondary")
+        refuses_clients(n, s.root_token)
+
+    # the staged-activation operations reach the active node from the standby too: the
+    # operation token from the cluster's own keys, then disable abandons the activation
+    op = operation_token(s, s.init.keys)
+    status, out = standby.request("PUT", "sys/replication/performance/secondary/disable", {"dr_operation_token": op})
+    assert status == 200 and "abandoned" in out["warnings"][0], out
+    for n in s.nodes:
+        wait_for(f"{n.name} to serve its own data again",
+                 lambda n=n: (r := n.request("GET", f"{OWN}/data/mine", token=s.root_token))[0] == 200
+                 and r[1]["data"]["data"]["v"] == "secondary's own")
+        assert perf_mode(n)[1] == "disabled"
+        assert live_keys(n.data_dir, b"logical/") == live_keys(n.data_dir, own_prefix)
+    ensure_primary_up(p)
+    client(p).write("sys/replication/performance/primary/revoke-secondary", secondary_id="perf-ha")
+    client(p).write("sys/replication/performance/primary/disable")

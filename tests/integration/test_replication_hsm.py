@@ -14,6 +14,9 @@ replaces its unseal or recovery configuration and keys with the primary's. So:
   operation token.
 * Last, the HSM DR secondary is promoted: it serves the primary's data (the seal_wrap mount
   too), re-wraps the keyring with its own HSM, and restarts on its own HSM.
+* An HSM DR secondary whose activation is stuck (its primary killed mid bulk-sync) unseals
+  itself after a restart and is abandoned with an operation token from its OWN recovery keys:
+  it restarts, auto-unseals with its own HSM, and its own data and root token work.
 
 One HSM primary is shared by the module; every cluster has one node.
 """
@@ -30,7 +33,16 @@ import pytest
 from hsm_fixtures import SoftHSM, softhsm  # noqa: F401  (fixtures)
 
 from cluster.local import InitOutput, LocalCluster
-from tests.integration.dr_helpers import caught_up, client, node, operation_token, wait_for
+from tests.integration.dr_helpers import (
+    caught_up,
+    client,
+    fill_big,
+    kill_mid_bulk_sync,
+    live_keys,
+    node,
+    operation_token,
+    wait_for,
+)
 
 pytestmark = pytest.mark.xdist_group("test_replication_hsm")
 
@@ -286,3 +298,55 @@ def test_promote_the_hsm_dr_secondary(sites: Sites) -> None:
     restart(s, {200})
     assert kv_read(s, p.root_token, MOUNT, "on-promoted") == {"v": "yes"}
     assert kv_read(s, p.root_token, WRAPPED, "vault") == {"v": "seal-wrapped"}
+
+
+def test_abandon_a_stuck_activation_of_an_hsm_secondary(sites: Sites) -> None:
+    p = sites.new_shamir("stuck-primary")
+    fill_big(p, "big")  # ~20 MB: a bulk sync that takes a moment
+    client(p).write("sys/replication/dr/primary/enable")
+    s = sites.new_hsm("hsm-abandon")
+    assert p.init is not None and s.init is not None
+    sc = client(s)
+    sc.sys.enable_secrets_engine("kv", path="own", options={"version": "2"})
+    sc.secrets.kv.v2.create_or_update_secret("mine", {"v": "the HSM secondary's own"}, mount_point="own")
+    own_prefix = f"logical/{sc.sys.list_mounted_secrets_engines()['own/']['uuid']}/".encode()
+    sn = s.nodes[0]
+    tok = client(p).write("sys/replication/dr/primary/secondary-token", id="hsm-stuck")["wrap_info"]["token"]
+    sc.write("sys/replication/dr/secondary/enable", token=tok)
+    # the primary's root key is staged encrypted by the secondary's HSM until the switch
+    assert live_keys(sn.data_dir, b"core/hsm/root-key-next")
+    wait_for("the bulk sync to start", lambda: _status(s, "dr").get("state") == "merkle-sync", timeout=20)
+    kill_mid_bulk_sync(p, lambda: not live_keys(sn.data_dir, own_prefix))
+    st = wait_for("the stuck activation in the status",
+                  lambda: (st := _status(s, "dr")).get("last_error", "").startswith("cannot reach the primary") and st)
+    assert st["activation_staged"] is True and st["secondary_id"] == "hsm-stuck", st
+    status, health = sn.request("GET", "sys/health")
+    assert status == 472 and health["replication_dr_mode"] == "secondary", health
+    # restarted while stuck, it unseals itself with its own HSM and still reports the activation
+    restart(s, {472})
+    wait_for("the restarted node to resume the activation",
+             lambda: (st := _status(s, "dr")).get("activation_staged") is True
+             and st.get("last_error", "").startswith("cannot reach the primary"))
+
+    # its seal still holds its own root key: the primary's shares are refused, its own
+    # recovery keys make the operation token, and disable abandons the activation
+    body = refused(s, p.init.keys, OP_TOKEN_PATH)
+    assert "recovery key" in body["errors"][0], body
+    op = operation_token(s, s.init.keys)
+    status, out = sn.request("PUT", "sys/replication/dr/secondary/disable", {"dr_operation_token": op})
+    assert status == 200 and "abandoned" in out["warnings"][0], out
+    assert _status(s, "dr") == {"mode": "disabled"}
+    assert live_keys(sn.data_dir, b"core/hsm/root-key-next") == []
+    assert live_keys(sn.data_dir, b"core/replication/activation") == []
+    assert live_keys(sn.data_dir, b"core/replication/staged/") == []
+    assert kv_read(s, s.root_token, "own", "mine") == {"v": "the HSM secondary's own"}
+
+    # a restart: its own HSM unseals it, with its own seal configuration, data and root token
+    restart(s, {200})
+    st = seal_status(s)
+    assert st["type"] == "pkcs11" and st["recovery_seal"] is True and st["sealed"] is False, st
+    assert kv_read(s, s.root_token, "own", "mine") == {"v": "the HSM secondary's own"}
+    hvac.Client(url=sn.addr, token=s.root_token, timeout=30).secrets.kv.v2.create_or_update_secret(
+        "after", {"v": "standalone"}, mount_point="own")
+    assert kv_read(s, s.root_token, "own", "after") == {"v": "standalone"}
+    assert _status(s, "dr") == {"mode": "disabled"}

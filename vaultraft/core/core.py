@@ -31,6 +31,7 @@ from vaultraft.core.policy_store import PolicyStore
 from vaultraft.core.raft_join import ChallengeIssuer, Joiner
 from vaultraft.core.replication.manager import STAGED_PATHS, ReplicationManager
 from vaultraft.core.replication.roles import ReplicationRoles
+from vaultraft.core.replication.staging import STAGED_KEY
 from vaultraft.core.seal_manager import SealManager
 from vaultraft.core.tasks import cancel_and_wait as _cancel
 from vaultraft.core.tokens import TokenEntry, TokenStore
@@ -63,6 +64,9 @@ _SEAL_RECORDS = ("core/seal-config", "core/recovery-config")
 _LOCAL_TABLES = ("core/local-", "core/replication/", "core/raft/", "core/leader")
 TIDY_INTERVAL = 30.0
 DR_PATH_DISABLED = "path disabled in replication DR secondary mode"
+#: The refusal of client requests while a performance activation is staged (every node).
+PERF_ACTIVATING = ("this cluster is being activated as a performance secondary and serves no client requests "
+                   "until the activation has finished (see sys/replication/performance/status)")
 
 
 @dataclass(frozen=True)
@@ -325,12 +329,18 @@ class Core(HaRoles, ReplicationRoles):
 
         if self._u is None:
             raise Sealed()
-        if self.replication.activating and req.path in STAGED_PATHS:
-            return await self.replication.staged_request(req)  # its tokens are unusable: an operation token
-        if self.replication.dr_secondary:
+        repl = self.replication
+        if repl.activating and req.path in STAGED_PATHS:
+            return await repl.staged_request(req)  # its tokens are unusable: an operation token
+        # every node of a cluster whose activation is staged refuses clients, standbys too
+        # (before serving or forwarding anything): its store is being replaced by the bulk sync
+        staged = repl.staged_activation_kind()
+        if staged is None and repl.staged_unsettled:  # the log changed it a moment ago
+            staged = await repl.staged_kind_in_storage()
+        if repl.dr_secondary or staged == "dr":
             raise InvalidRequest(DR_PATH_DISABLED)
-        if self.replication.pending is not None:
-            raise Unavailable("this cluster is being activated as a performance secondary; retry shortly")
+        if staged is not None:
+            raise Unavailable(PERF_ACTIVATING)
         if not self.active:
             if not self._serves_locally(req):
                 info = await self.leader_info()
@@ -389,6 +399,8 @@ class Core(HaRoles, ReplicationRoles):
 
     def _on_applied(self, index: int, keys: Sequence[str]) -> None:
         """Called on the Raft thread after each applied entry (never blocks it)."""
+        if STAGED_KEY in keys:
+            self.replication.staged_record_applied()
         loop, queue = self._loop, self._invalidations
         if loop is None or queue is None or self._u is None or (self._active and not self.replication.dr_secondary
                                              and not self.replication.perf_secondary):
@@ -412,8 +424,8 @@ class Core(HaRoles, ReplicationRoles):
                 continue
             if KEYRING_PATH in keys and not self._active and not await self._follow_keyring():
                 continue
-            if self.replication.dr_secondary:
-                continue
+            if self.replication.dr_secondary or self.replication.activating:
+                continue  # an activation's bulk sync: the new stores come with its end (or abandonment)
             try:
                 if KEYRING_PATH in keys:
                     await self.barrier.reload_keyring()
@@ -445,6 +457,10 @@ class Core(HaRoles, ReplicationRoles):
     # ---- wiring while unsealed -----------------------------------------------------------
 
     async def _setup(self, *, first_time: bool) -> None:
+        if self.cluster.enabled and not first_time:
+            # before anything replicated is read: an activation may be staged, and the
+            # replicated entries may be its primary's already (unreadable until the switch)
+            await self.replication.read_staged()
         self._u = await self._new_unsealed()
         if first_time:
             await self._load_tables(create=True)

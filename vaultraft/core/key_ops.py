@@ -38,7 +38,7 @@ from vaultraft.core.seal_manager import SealManager
 from vaultraft.core.seal_state import _zero
 from vaultraft.core.tokens.entry import TOKEN_PREFIX, TOKEN_RANDOM_LENGTH, random_base62
 from vaultraft.core.views import BarrierView
-from vaultraft.logical import InternalError, InvalidRequest, NotFound, NotLeader, Sealed, StorageEntry
+from vaultraft.logical import InternalError, InvalidRequest, NotFound, NotLeader, Sealed, StorageEntry, Unavailable
 from vaultraft.seal import pgp
 from vaultraft.seal.shamir import split
 from vaultraft.seal.shamir_seal import DUPLICATE_GENERATE_ROOT, DUPLICATE_REKEY, SealConfig, SealConfigError, ShareError, UnsealProgress
@@ -114,6 +114,10 @@ async def active_key_ops(core: "Core") -> "KeyOps":
         from vaultraft.core.core import DR_PATH_DISABLED
 
         raise InvalidRequest(DR_PATH_DISABLED)
+    if core.replication.activating:  # a staged performance activation: nothing but its own operations
+        from vaultraft.core.core import PERF_ACTIVATING
+
+        raise Unavailable(PERF_ACTIVATING)
     if not core.active:
         info = await core.leader_info()
         raise NotLeader(info.api_addr if info else None)

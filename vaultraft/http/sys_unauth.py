@@ -185,8 +185,10 @@ async def health(core: Core, request: "web.BaseRequest") -> tuple[int, Any]:
         "sealed": sealed,
         "standby": standby,
         "performance_standby": perf,
-        "replication_performance_mode": core.replication.perf.mode if core.replication.perf is not None and not sealed else "disabled",
-        "replication_dr_mode": core.replication.dr.mode if core.replication.dr is not None and not sealed else "disabled",
+        # as sys/replication/status reports them, on every node: a cluster whose activation is
+        # staged (not switched to its primary's keys yet) is a secondary of that kind already
+        "replication_performance_mode": "disabled" if sealed else core.replication.replication_mode("performance"),
+        "replication_dr_mode": "disabled" if sealed else core.replication.replication_mode("dr"),
         "server_time_utc": int(time.time()),
         "version": VAULT_COMPAT_VERSION,
         "enterprise": False,

@@ -61,6 +61,7 @@ class ActivationMixin:
     if TYPE_CHECKING:
         def set_record(self, kind: str, rec: ReplicationRecord | None) -> None: ...
         async def _stop_client(self) -> None: ...
+        async def read_staged(self) -> bytes | None: ...
 
     def staged_activation_kind(self) -> str | None:
         """The kind of the activation under way (in memory here, or staged in storage)."""
@@ -71,11 +72,19 @@ class ActivationMixin:
         does not hold in memory (it became active, or was restarted and unsealed, while an
         activation was under way); forget one that is no longer staged (another node
         finished it); finish abandoning one that a ``disable`` gave up (the node that
-        started it crashed, or lost its leadership, before it was done)."""
+        started it crashed, or lost its leadership, before it was done). Skipped while this
+        node enables, replaces, switches or abandons an activation (``activation_lock``):
+        that operation leaves memory and storage consistent itself, whereas a round in its
+        middle would see the staged record before the pending activation exists (enable) or
+        gone before the switch has finished (and cancel it)."""
+        if self.activation_lock.locked():
+            return
+        async with self.activation_lock:
+            await self._follow_staged()
+
+    async def _follow_staged(self) -> None:
         barrier = self.core.barrier
-        raw = await barrier.raw_get(staging.STAGED_KEY)
-        self.staged_kind = staging.staged_kind(raw)
-        self.staged_since = staging.staged_at(raw)
+        raw = await self.read_staged()
         if raw is None:
             self._staged_unreadable = False
             self.activation_error = ""
@@ -89,16 +98,15 @@ class ActivationMixin:
             return
         abandoning = backup.marker_kind(await barrier.raw_get(backup.ABANDON_KEY))
         if abandoning is not None:
-            async with self.activation_lock:
-                await self._stop_client()
-                p, self.pending = self.pending, None
-                if p is not None:
-                    p.done.set()
-                try:
-                    await self._finish_abandon(abandoning)
-                except Exception as e:  # retried next round
-                    self.activation_error = f"abandoning the staged activation failed ({type(e).__name__}); retrying"
-                    raise
+            await self._stop_client()
+            p, self.pending = self.pending, None
+            if p is not None:
+                p.done.set()
+            try:
+                await self._finish_abandon(abandoning)
+            except Exception as e:  # retried next round
+                self.activation_error = f"abandoning the staged activation failed ({type(e).__name__}); retrying"
+                raise
             return
         if self.pending is not None:
             return
@@ -119,14 +127,14 @@ class ActivationMixin:
                  secondary_id=staged.record.secondary_id)
 
     async def _drop_leftovers(self) -> None:
-        """Once per unseal of the active node with no activation staged: delete a backup
-        left by an enable that never staged its activation (a crash during the call)."""
-        async with self.activation_lock:
-            self._leftovers_checked = True
-            physical = self.core.barrier.physical
-            if await self.core.barrier.raw_get(staging.STAGED_KEY) is None and await backup.staged_keys(physical):
-                await backup.clear(physical)
-                log.info("replication_activation_leftovers_deleted")
+        """Once per unseal of the active node with no activation staged (under
+        ``activation_lock``): delete a backup left by an enable that never staged its
+        activation (a crash during the call)."""
+        self._leftovers_checked = True
+        physical = self.core.barrier.physical
+        if await self.core.barrier.raw_get(staging.STAGED_KEY) is None and await backup.staged_keys(physical):
+            await backup.clear(physical)
+            log.info("replication_activation_leftovers_deleted")
 
     # ---- abandoning a staged activation (disable) ---------------------------------------------
 

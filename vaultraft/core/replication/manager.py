@@ -79,6 +79,10 @@ class ReplicationManager(ActivationMixin, StatusMixin):
         self.activation_lock = asyncio.Lock()  # switch, abandon and replacement never overlap
         self._staged_unreadable = False
         self._leftovers_checked = False
+        # the staged record's writes and deletions this node applied (counted on the Raft thread)
+        # and how many of them it had applied when it last read the record
+        self._staged_applied = 0
+        self._staged_read = 0
         self.contacts: dict[str, SecondaryContact] = {}
         self.active_replication_addr: str | None = None
         self.server: ReplicationServer | None = None
@@ -280,10 +284,51 @@ class ReplicationManager(ActivationMixin, StatusMixin):
 
     async def load(self) -> None:
         """Re-read this cluster's records (standbys follow the active node's changes)."""
-        raw = await self.core.barrier.raw_get(staging.STAGED_KEY)
-        self.staged_kind, self.staged_since = staging.staged_kind(raw), staging.staged_at(raw)
+        await self.read_staged()
         for kind in ("dr", "performance"):
             self.set_record(kind, await load_record(self._view(), kind))
+
+    async def read_staged(self) -> bytes | None:
+        """Read the staged activation's readable envelope (kind, time; no keys needed): on
+        every node, at unseal before anything replicated is read, and whenever the records are
+        followed. Returns the raw record."""
+        applied = self._staged_applied
+        raw = await self.core.barrier.raw_get(staging.STAGED_KEY)
+        self.staged_kind, self.staged_since = staging.staged_kind(raw), staging.staged_at(raw)
+        self._staged_read = applied
+        return raw
+
+    def staged_record_applied(self) -> None:
+        """Called on the Raft thread when this node applied a write or deletion of the staged
+        record: until the record is read again, client requests check it in storage first
+        (``staged_unsettled``), so no request is served from a store that the bulk
+        sync coming next in the log is about to drop."""
+        self._staged_applied += 1
+        loop = self.core._loop
+        if loop is not None and not self.core._active:  # the active node wrote it and knows
+            try:
+                loop.call_soon_threadsafe(self.poke)  # a standby follows it now, not in 250 ms
+            except RuntimeError:  # the loop is closing (shutdown)
+                pass
+
+    @property
+    def staged_unsettled(self) -> bool:
+        """Whether this node applied a change of the staged record that it has not read yet."""
+        return self._staged_applied != self._staged_read
+
+    async def staged_kind_in_storage(self) -> str | None:
+        """The kind of the activation staged in storage right now (for client requests while
+        ``staged_unsettled``: standbys learn it within a reconcile round; this closes that window)."""
+        return staging.staged_kind(await self.core.barrier.raw_get(staging.STAGED_KEY))
+
+    def replication_mode(self, kind: str) -> str:
+        """This cluster's mode for ``kind`` as Vault's status and health report it: ``primary``,
+        ``secondary`` (an activation staged or under way counts: the cluster is a secondary
+        that has not finished its activation) or ``disabled``. The same on every node."""
+        if self.staged_activation_kind() == kind:
+            return "secondary"
+        rec = self.records.get(kind)
+        return rec.mode if rec is not None else "disabled"
 
     # ---- lifecycle ------------------------------------------------------------------------
 

@@ -26,9 +26,10 @@ except ImportError:  # pragma: no cover - orjson is a dependency; this keeps a b
     orjson = None  # type: ignore[assignment]
 
 _COMPACT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
-#: orjson reads an integer beyond 64 bits as a float; a run of 19+ digits may be one (a
-#: false alarm, e.g. inside a string, only costs the slower parser).
-_LONG_DIGITS = re.compile(rb"[0-9]{19}")
+#: orjson reads an integer outside [-2**63, 2**64 - 1] as a float: a run of 20+ digits, or a
+#: minus sign then 19+ digits, may be one (a false alarm, e.g. inside a string, only costs the
+#: slower parser). A positive 19-digit integer — a nanosecond timestamp — always fits.
+_LONG_DIGITS = re.compile(rb"[0-9]{20}|-[0-9]{19}")
 
 
 def dumps(obj: Any, default: Callable[[Any], Any] | None = None) -> bytes:

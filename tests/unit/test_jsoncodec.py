@@ -36,6 +36,17 @@ def test_integers_beyond_64_bits_keep_every_digit() -> None:
     assert jsoncodec.loads(jsoncodec.dumps({"n": -big})) == {"n": -big}
 
 
+@pytest.mark.parametrize("n", [
+    10**18, 10**19 - 1, 2**63 - 1, 2**63, 2**64 - 1, 2**64, 10**20,
+    -(2**63), -(2**63) - 1, -(10**19) + 1, -(10**19),
+])
+def test_integers_at_the_64_bit_boundaries_stay_integers(n: int) -> None:
+    doc = f'{{"n": {n}, "ns": [1763900000000000000, {n}]}}'
+    value = jsoncodec.loads(doc.encode())
+    assert value == {"n": n, "ns": [1763900000000000000, n]}
+    assert type(value["n"]) is int
+
+
 def test_what_only_the_standard_library_reads_still_reads() -> None:
     assert math.isnan(jsoncodec.loads(b'{"a": NaN}')["a"])
     assert jsoncodec.loads('{"s": "\\ud800"}') == {"s": "\ud800"}

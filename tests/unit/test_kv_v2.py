@@ -487,3 +487,21 @@ async def test_concurrent_writes_get_distinct_versions(kv: KV) -> None:
                                          for i in range(5)), return_exceptions=True)
     assert sum(isinstance(r, Response) for r in cas_results) == 1
     assert sum(isinstance(r, CheckAndSetMismatch) for r in cas_results) == 4
+
+
+def test_add_version_keeps_every_key_setting() -> None:
+    """add_version builds the new KeyMeta field by field: every field it does not own must
+    come through unchanged (a field added to KeyMeta later must be carried too)."""
+    from dataclasses import fields
+
+    from vaultraft.engines.kv.v2_store import KeyMeta, VersionMeta, add_version
+
+    meta = KeyMeta(key="a/b", versions={1: VersionMeta(5, None, False)}, current_version=1,
+                   oldest_version=1, created_ns=5, updated_ns=5, max_versions=7, cas_required=True,
+                   delete_version_after=9, custom_metadata={"owner": "ops"})
+    new, pruned = add_version(meta, VersionMeta(8, None, False), 0)
+    assert pruned == []
+    changed = {"versions": {1: VersionMeta(5, None, False), 2: VersionMeta(8, None, False)},
+               "current_version": 2, "updated_ns": 8}
+    for f in fields(KeyMeta):
+        assert getattr(new, f.name) == changed.get(f.name, getattr(meta, f.name)), f.name

@@ -28,7 +28,7 @@ log = structlog.get_logger("vaultraft.http")
 
 # Vault's API uses the non-standard LIST method, which aiohttp's C parser rejects: each
 # connection starts on the C parser and switches to the pure-Python one at its first LIST.
-web_protocol.HttpRequestParser = AdaptiveRequestParser  # type: ignore[misc,assignment]
+web_protocol.HttpRequestParser = AdaptiveRequestParser  # type: ignore[attr-defined,assignment]
 
 MAX_REQUEST_SIZE = 32 * 1024 * 1024
 _WRITE_OPS = (Operation.CREATE, Operation.UPDATE, Operation.PATCH, Operation.DELETE)

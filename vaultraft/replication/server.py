@@ -13,6 +13,7 @@ import asyncio
 import collections
 import contextlib
 import itertools
+import socket
 import ssl
 import time
 from collections.abc import Callable, Collection
@@ -23,7 +24,7 @@ import structlog
 from vaultraft.raft.tls import NodeCert, PKIError, peer_node_id
 from vaultraft.replication.fence import LeaseGrant, valid_duration, valid_epoch, valid_name
 from vaultraft.replication.interfaces import Mode, WalSource
-from vaultraft.replication.listener import ListenerConn, TlsListener, abort
+from vaultraft.replication.listener import ListenerConn, TlsListener
 from vaultraft.replication.registry import (
     PrimaryState,
     SecondaryContact,
@@ -152,7 +153,7 @@ class ReplicationServer(TlsListener[_Conn]):
         closed = 0
         for conn in list(self._conns):
             if conn.secondary_id == secondary_id:
-                abort(conn.writer)
+                conn.abort()
                 conn.task.cancel()
                 closed += 1
         if closed:
@@ -195,8 +196,8 @@ class ReplicationServer(TlsListener[_Conn]):
 
     # -- accept and handshake ----------------------------------------------------------------
 
-    def _make_conn(self, task: asyncio.Task[None], writer: asyncio.StreamWriter, peer: str) -> _Conn:
-        return _Conn(task=task, writer=writer, peer=peer)
+    def _make_conn(self, sock: socket.socket, peer: str) -> _Conn:
+        return _Conn(sock=sock, peer=peer)
 
     def _refused(self, peer: str) -> None:
         _throttled("warning", "replication_connection_refused", reason="connection_cap", remote=peer)
@@ -212,11 +213,10 @@ class ReplicationServer(TlsListener[_Conn]):
             log.info("replication_secondary_disconnected", secondary_id=conn.secondary_id, peer=conn.peer)
             self._contact(conn, connected=False)
 
-    async def _serve(self, conn: _Conn, reader: asyncio.StreamReader) -> None:
-        assert self._ctx is not None
+    async def _serve(self, conn: _Conn) -> None:
         try:
             async with asyncio.timeout(self._cfg.handshake_timeout):
-                await conn.writer.start_tls(self._ctx, ssl_handshake_timeout=self._cfg.handshake_timeout)
+                reader = await self._start_tls(conn, self._cfg.handshake_timeout)
                 peer_id = peer_node_id(conn.writer.get_extra_info("ssl_object"))
                 conn.authenticated = True
                 hello = await read_message(reader, _CLIENT_FRAME_LIMIT)

@@ -1,9 +1,9 @@
 """The fencing witness: a :class:`LeaseVoter` at a third site, over mutual TLS.
 
 Transport: asyncio TLS with client certificates *required*, both sides trusting only the
-witness's own CA (created on first start in its data dir). The server calls ``start_tls``
-before any ``await``, so nothing a peer sends is read before OpenSSL verified its
-certificate. Frames are replication frames (4-byte length + msgpack, 64 KiB cap); messages
+witness's own CA (created on first start in its data dir). The listener wraps each accepted
+socket in TLS before reading a byte of it, so nothing a peer sends is read before OpenSSL
+verified its certificate. Frames are replication frames (4-byte length + msgpack, 64 KiB cap); messages
 are ``[1, type, {fields}]`` with their own type names (a replication peer's messages are
 unknown here and vice versa): ``renew``/``promote`` → ``grant``, ``status`` →
 ``status_reply``. Anything malformed closes the connection.
@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import os
+import socket
 import re
 import shutil
 import ssl
@@ -299,17 +300,16 @@ class WitnessServer(TlsListener[ListenerConn]):
 
     _what = "witness server"
 
-    def _make_conn(self, task: asyncio.Task[None], writer: asyncio.StreamWriter, peer: str) -> ListenerConn:
-        return ListenerConn(task, writer, peer)
+    def _make_conn(self, sock: socket.socket, peer: str) -> ListenerConn:
+        return ListenerConn(sock, peer)
 
     def _refused(self, peer: str) -> None:
         _throttled("warning", "witness_connection_refused", reason="connection_cap", remote=peer)
 
-    async def _serve(self, conn: ListenerConn, reader: asyncio.StreamReader) -> None:
-        assert self._ctx is not None
+    async def _serve(self, conn: ListenerConn) -> None:
         try:
             async with asyncio.timeout(self._cfg.handshake_timeout):
-                await conn.writer.start_tls(self._ctx, ssl_handshake_timeout=self._cfg.handshake_timeout)
+                reader = await self._start_tls(conn, self._cfg.handshake_timeout)
                 client = peer_node_id(conn.writer.get_extra_info("ssl_object"))
         except (OSError, ssl.SSLError, PKIError, TimeoutError) as e:
             _throttled("info", "witness_handshake_failed", remote=conn.peer, reason=type(e).__name__)

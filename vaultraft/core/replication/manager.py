@@ -113,7 +113,7 @@ class ReplicationManager(ActivationMixin, StatusMixin):
 
         return await staged_request(self.core, req)
 
-    async def forward_to_primary(self, req: Any) -> Any:
+    async def forward_to_primary(self, req: Request) -> Response | None:
         """A performance secondary: run ``req`` on the primary (see secondary_ops)."""
         from vaultraft.core.replication.secondary_ops import forward_to_primary
 

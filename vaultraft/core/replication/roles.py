@@ -23,6 +23,8 @@ log = structlog.get_logger("vaultraft.core")
 class ReplicationRoles:
     """Methods of Core that only replication needs."""
 
+    _self_seal: asyncio.Task[None] | None
+
     async def _follow_keyring(self: "Core") -> bool:  # type: ignore[misc]
         """A standby after the keyring changed: reload it. When this node's root key no longer
         opens it (the cluster was activated as a replication secondary and now runs on its

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from vaultraft.core.policy_store import PolicyStore
+
 from vaultraft.framework import Field, FieldData, FieldType, Path
 from vaultraft.logical import InvalidRequest, NotFound, Operation, Request, Response
 
@@ -16,7 +18,7 @@ _NAME = {"name": Field(FieldType.STRING, "The name of the policy.")}
 def paths(core: "Core") -> list[Path]:
     """Both the legacy sys/policy and the current sys/policies/acl families."""
 
-    def store():  # type: ignore[no-untyped-def]
+    def store() -> PolicyStore:
         return core.unsealed.policies
 
     async def legacy_list(req: Request, d: FieldData) -> Response:

@@ -11,7 +11,8 @@ in pysyncobj's poller thread. What differs is what a peer must do before it is h
 
 Only then are frames delivered to pysyncobj, and only if they have the shape pysyncobj's own
 messages have (``check_message``). pysyncobj's utility/admin messages (``syncobj_admin``:
-status, add, remove, set_version, transfer) are refused.
+status, add, remove, set_version, transfer) are refused. The chunks of a large entry reach
+pysyncobj labelled by what they hold, never by pysyncobj's own labels (``chunks.py``).
 
 **Non-voters** are pysyncobj read-only nodes (``SyncObj(None, voters)``): they receive the
 log and never vote or count towards a quorum. A non-voter runs no listener and dials every
@@ -34,6 +35,7 @@ from pysyncobj.monotonic import monotonic as monotonic_time
 from pysyncobj.node import TCPNode
 from pysyncobj.transport import Transport, TransportNotReadyError
 
+from vaultraft.raft.chunks import ChunkSequencer
 from vaultraft.raft.connection import (
     ConnState,
     SocketOptions,
@@ -139,6 +141,7 @@ class TlsTransport(Transport):  # type: ignore[misc]  # pysyncobj ships no type 
         self._nodes: set[Any] = set()
         self._nodeAddrToNode: dict[str, Any] = {}
         self._readonlyPeers: dict[str, Any] = {}  # address -> node, non-voters following us
+        self._chunks: dict[TlsConnection, ChunkSequencer] = {}  # large entries arriving, per connection
         self._lastConnectAttempt: dict[Any, float] = {}
         self._preventConnectNodes: set[Any] = set()
         self._lastBindAttemptTime = 0.0
@@ -381,17 +384,30 @@ class TlsTransport(Transport):  # type: ignore[misc]  # pysyncobj ships no type 
             throttled_log("warning", "raft_peer_message_rejected", peer=conn.peer_id, reason=problem)
             conn.disconnect()
             return
-        try:
-            self._onMessageReceived(node, message)
-        except Exception as e:  # noqa: BLE001
-            # pysyncobj raised while handling a well-formed message (e.g. its chunked large-entry
-            # path can unpickle a truncated buffer). Keep the connection's frame loop intact; log
-            # only types, never the exception text, which may quote replicated data.
-            throttled_log("error", "raft_message_handler_failed", peer=conn.peer_id,
-                          message_type=message["type"], error=type(e).__name__)
+        messages = [message]
+        if message["type"] == "append_entries" and "prevLogIdx" in message:
+            # Chunks of a large entry reach pysyncobj labelled by what they hold (see chunks.py:
+            # pysyncobj 0.3.17 labels many of them 'finish' and unpickles truncated buffers).
+            sequencer = self._chunks.get(conn)
+            if sequencer is None and "transmission" in message:
+                sequencer = self._chunks[conn] = ChunkSequencer()
+            if sequencer is not None:
+                messages, dropped = sequencer.deliver(message)
+                if dropped is not None:
+                    throttled_log("warning", "raft_large_entry_chunk_dropped", peer=conn.peer_id, reason=dropped)
+        for m in messages:
+            try:
+                self._onMessageReceived(node, m)
+            except Exception as e:  # noqa: BLE001
+                # pysyncobj raised while handling a well-formed message. Keep the connection's
+                # frame loop intact; log only types, never the exception text, which may quote
+                # replicated data.
+                throttled_log("error", "raft_message_handler_failed", peer=conn.peer_id,
+                              message_type=m["type"], error=type(e).__name__)
 
     def _onDisconnected(self, conn: TlsConnection) -> None:
         self._unknown.discard(conn)
+        self._chunks.pop(conn, None)
         incoming = conn not in self._outgoing
         self._incoming.pop(conn, None)
         node = next((n for n, c in self._connections.items() if c is conn), None)
@@ -454,6 +470,7 @@ class TlsTransport(Transport):  # type: ignore[misc]  # pysyncobj ships no type 
             conn.disconnect()
         self._incoming.clear()
         self._unknown.clear()
+        self._chunks.clear()
 
 
 # -- message shapes ----------------------------------------------------------------------

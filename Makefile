@@ -34,7 +34,8 @@ down: $(STAMP)
 dev: $(STAMP)
 	$(VENV)/bin/vaultraft server -dev -dev-root-token-id=root
 
-## make test: the whole test suite (layer contracts, unit, integration, system)
+## make test: the whole test suite (layer contracts, mypy --strict, unit, integration, system)
 test: $(STAMP) system-deps
 	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy --cache-dir /tmp/vaultraft-mypy vaultraft
 	$(VENV)/bin/pytest -n 2 --dist loadfile -q -p no:cacheprovider

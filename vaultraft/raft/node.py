@@ -14,6 +14,7 @@ behind the barrier): :meth:`start_consensus` / :meth:`stop_consensus`.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import math
 import os
 import time
@@ -97,7 +98,7 @@ class _Pending:
 class _ReplicatedLog(SyncObj):  # type: ignore[misc]
     """pysyncobj node with exactly one replicated method taking one bytes argument."""
 
-    def __init__(self, self_addr: str, peers: Sequence[str], conf: SyncObjConf, fsm: StateMachine,
+    def __init__(self, self_addr: str | None, peers: Sequence[str], conf: SyncObjConf, fsm: StateMachine,
                  transport_class: type | None) -> None:
         self._vr_fsm = fsm
         kwargs: dict[str, Any] = {}
@@ -107,7 +108,7 @@ class _ReplicatedLog(SyncObj):  # type: ignore[misc]
 
     _vr_on_applied: Any = None
 
-    @replicated  # type: ignore[misc]
+    @replicated  # type: ignore[untyped-decorator]
     def apply_command(self, raw: bytes) -> list[tuple[int, str | None]]:
         index = self.raftLastApplied + 1
         out = [(r.index, r.error) for r in self._vr_fsm.apply(raw, index, self._getTerm())]
@@ -220,9 +221,10 @@ class RaftPhysical(LeadershipMixin, MembershipMixin):
         )
         self._applied_event = asyncio.Event()
         self_node = self.self_addr if self.voter else None  # None: a pysyncobj read-only node
-        self._obj = await asyncio.to_thread(_ReplicatedLog, self_node, members, conf, self.fsm, transport_class)
-        self._obj._vr_on_applied = self._notify_applied
-        self._obj.addOnTickCallback(self._on_tick)
+        obj = await asyncio.to_thread(_ReplicatedLog, self_node, members, conf, self.fsm, transport_class)
+        obj._vr_on_applied = self._notify_applied
+        obj.addOnTickCallback(self._on_tick)
+        self._obj = obj
         self._journal_sync = JournalSync(os.path.join(raft_dir, "journal"), JOURNAL_FLUSH_INTERVAL)
         self._journal_sync.start()
         self._queue = asyncio.Queue()
@@ -456,7 +458,7 @@ class RaftPhysical(LeadershipMixin, MembershipMixin):
                 landed.clear()
                 tg.create_task(self._commit_group(group, inflight, landed))
 
-    async def _commit_group(self, group: list[_Pending], inflight: asyncio.Semaphore, landed: asyncio.Event) -> None:
+    async def _commit_group(self, group: builtins.list[_Pending], inflight: asyncio.Semaphore, landed: asyncio.Event) -> None:
         try:
             cmd = Command(CommandKind.BATCHES, tuple(p.batch for p in group), ts_ms=int(time.time() * 1000)).encode()
             results = await self._submit(cmd, time.monotonic() + self.tuning.commit_timeout)
@@ -478,7 +480,7 @@ class RaftPhysical(LeadershipMixin, MembershipMixin):
             if not self._groups_in_flight:
                 landed.set()
 
-    async def _submit(self, cmd: bytes, deadline: float) -> list[ApplyResult]:
+    async def _submit(self, cmd: bytes, deadline: float) -> builtins.list[ApplyResult]:
         loop = asyncio.get_running_loop()
         attempt = 0
         while True:

@@ -415,8 +415,9 @@ class TlsTransport(Transport):  # type: ignore[misc]  # pysyncobj ships no type 
             return
         if incoming:
             del self._connections[node]
-        if self._readonlyPeers.get(str(getattr(node, "address", ""))) is node:
-            del self._readonlyPeers[node.address]
+        address = str(getattr(node, "address", ""))
+        if self._readonlyPeers.get(address) is node:
+            del self._readonlyPeers[address]
             self._onReadonlyNodeDisconnected(node)
             return
         if node in self._nodes:

@@ -243,3 +243,23 @@ def test_storage_failure_stops_applying(tmp_path: Path, monkeypatch: pytest.Monk
         assert s.get("b") == b"2" and s.get("c") == b"3" and s.applied_index() == 3
     finally:
         s.close()
+
+
+def test_log_commands_carry_ciphertext_bytes_unexpanded() -> None:
+    """pysyncobj pickles each command; vaultraft makes it use protocol 5, where bytes are
+    stored as they are (protocol 2 stored them as latin-1 text in UTF-8: ~1.5x for
+    ciphertext). A command pickled with protocol 2 by an older node still loads."""
+    import pickle
+
+    import pysyncobj.pickle as pysyncobj_pickle
+
+    import vaultraft.raft.node  # noqa: F401  (sets the protocol)
+
+    payload = os.urandom(15_000)
+    call = (0, (payload,), {})
+    pickled = pysyncobj_pickle.dumps(call)
+    assert len(pickled) < len(payload) + 64
+    assert pysyncobj_pickle.loads(pickled) == call
+    old = pickle.dumps(call, 2)
+    assert len(old) > len(payload) * 1.3
+    assert pysyncobj_pickle.loads(old) == call

@@ -27,6 +27,7 @@ from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
 from pysyncobj.monotonic import (
     monotonic as raft_clock,  # pysyncobj's clock (CLOCK_MONOTONIC_RAW)
 )
+import pysyncobj.pickle as pysyncobj_pickle
 from pysyncobj.node import TCPNode
 
 from vaultraft.raft.background import JournalSync
@@ -93,6 +94,14 @@ class _Pending:
     batch: Batch
     future: asyncio.Future[ApplyResult]
     size: int = 0
+
+
+#: pysyncobj pickles each log command (our msgpack bytes inside its call tuple) with protocol 2,
+#: which stores ``bytes`` as their latin-1 text in UTF-8: ciphertext grows ~1.5x in the log,
+#: the journal and every AppendEntries, and each node pays a codec round trip to apply it.
+#: Protocol 5 stores the bytes as they are. Entries written with protocol 2 still load (a
+#: pickle names its own protocol), and every supported Python reads protocol 5.
+setattr(pysyncobj_pickle, "__protocol", 5)
 
 
 class _ReplicatedLog(SyncObj):  # type: ignore[misc]

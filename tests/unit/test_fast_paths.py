@@ -8,11 +8,14 @@ import json
 import re
 import time
 from pathlib import Path
+from typing import Any
 
 import structlog
+from hypothesis import given
+from hypothesis import strategies as st
 
 from vaultraft.core.pipeline import _SUDO_PATTERNS, needs_sudo
-from vaultraft.logging import JSONLines, UTCStamper
+from vaultraft.logging import ConsoleLines, JSONLines, UTCStamper
 from vaultraft.raft.background import JournalSync, lease_expiry
 
 
@@ -62,3 +65,26 @@ def test_log_processors_print_what_structlog_would() -> None:
     assert "\n" not in ours_line
     obj_repr = repr(event["obj"])
     assert json.loads(ours_line) == json.loads(theirs_line) == {**event, "obj": obj_repr}
+
+
+_log_values = (st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=12)
+               | st.lists(st.integers(), max_size=3))
+
+
+@given(st.dictionaries(st.sampled_from(["timestamp", "level", "event", "logger", "logger_name", "a", "b_c",
+                                        "status", "path", "zz"]) | st.text(min_size=1, max_size=6),
+                       _log_values, max_size=8))
+def test_console_lines_print_what_console_renderer_would(event: dict[str, Any]) -> None:
+    if "level" in event:  # add_log_level's: a level name (ConsoleRenderer fails on others)
+        event["level"] = ["debug", "info", "warning", "error", "critical"][len(str(event["level"])) % 5]
+    theirs = structlog.dev.ConsoleRenderer(colors=False)(None, "info", dict(event))
+    assert ConsoleLines()(None, "info", dict(event)) == theirs
+
+
+def test_console_lines_hand_exceptions_to_structlog() -> None:
+    try:
+        raise ValueError("boom")
+    except ValueError as e:
+        event = {"event": "request_failed", "level": "error", "exc_info": e}
+        line = ConsoleLines()(None, "error", dict(event))
+    assert line.startswith("[error    ] request_failed") and "ValueError: boom" in line

@@ -85,7 +85,7 @@ class ConsoleLines:
     def __call__(self, logger: Any, method: str, event_dict: MutableMapping[str, Any]) -> str:
         """The event as one console line."""
         if "exc_info" in event_dict or "exception" in event_dict or "stack" in event_dict:
-            return self._full(logger, method, event_dict)  # type: ignore[arg-type]
+            return self._full(logger, method, event_dict)
         pop = event_dict.pop
         parts: list[str] = []
         ts = pop("timestamp", _NOTHING)

@@ -7,10 +7,14 @@ formats a full ``datetime`` per line) and JSON lines reuse one encoder.
 
 from __future__ import annotations
 
+import asyncio
+import atexit
+import contextlib
 import logging
 import sys
+import threading
 import time
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping
 from typing import Any
 
 import structlog
@@ -106,6 +110,79 @@ class ConsoleLines:
         return " ".join(p for p in parts if p).rstrip(" ")
 
 
+#: Loggers with this name batch their lines (see :class:`LineWriter`): the per-request line.
+REQUEST_LOGGER = "vaultraft.http.requests"
+
+
+class LineWriter:
+    """Writes rendered lines to one text file, in order, from any thread.
+
+    A line logged through :meth:`batched` on a thread running an asyncio loop is queued and
+    written, with every line queued in the same loop turn, by one callback at the end of
+    that turn: a ``write`` releases the GIL, and under load pysyncobj's thread then keeps
+    it until it blocks or a switch interval (5 ms) passes, so one write per request cost
+    the event loop far more than the write. Any other line is written at once, after what
+    is queued; queued lines are also written at exit.
+    """
+
+    def __init__(self, file: Any) -> None:
+        self._file = file
+        self._lock = threading.Lock()
+        self._pending: list[str] = []
+        atexit.register(self.flush)
+
+    def now(self, line: str) -> None:
+        """Write ``line`` (after any queued lines) before returning."""
+        with self._lock:
+            self._pending.append(line)
+            self._write_pending()
+
+    def batched(self, line: str) -> None:
+        """Queue ``line`` until the end of this loop turn (at once off the loop)."""
+        loop = asyncio._get_running_loop()
+        if loop is None:
+            self.now(line)
+            return
+        with self._lock:
+            self._pending.append(line)
+            if len(self._pending) == 1:
+                loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Write every queued line."""
+        with self._lock:
+            self._write_pending()
+
+    def _write_pending(self) -> None:
+        if not self._pending:
+            return
+        text = "\n".join(self._pending) + "\n"
+        self._pending.clear()
+        with contextlib.suppress(OSError, ValueError):  # a closed stderr: nowhere to log
+            self._file.write(text)
+            self._file.flush()
+
+
+class _LineLogger:
+    """structlog's wrapped logger: every level method writes the rendered line."""
+
+    def __init__(self, write: Callable[[str], None]) -> None:
+        self.msg = self.log = self.debug = self.info = self.warn = self.warning = write
+        self.error = self.critical = self.exception = self.fatal = self.failure = write
+
+
+class _LoggerFactory:
+    def __init__(self, writer: LineWriter) -> None:
+        self._writer = writer
+
+    def __call__(self, *args: Any) -> _LineLogger:
+        name = args[0] if args else None
+        return _LineLogger(self._writer.batched if name == REQUEST_LOGGER else self._writer.now)
+
+
+_writer: LineWriter | None = None
+
+
 def configure_logging(level: str = "info", fmt: str = "standard") -> None:
     """Route structlog to stderr at ``level``, as JSON when ``fmt`` is "json"."""
     lvl = _LEVELS.get(level.lower(), logging.INFO)
@@ -122,6 +199,13 @@ def configure_logging(level: str = "info", fmt: str = "standard") -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(lvl),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=_LoggerFactory(_stderr_writer()),
         cache_logger_on_first_use=True,
     )
+
+
+def _stderr_writer() -> LineWriter:
+    global _writer
+    if _writer is None:
+        _writer = LineWriter(sys.stderr)
+    return _writer

@@ -88,3 +88,45 @@ def test_console_lines_hand_exceptions_to_structlog() -> None:
         event = {"event": "request_failed", "level": "error", "exc_info": e}
         line = ConsoleLines()(None, "error", dict(event))
     assert line.startswith("[error    ] request_failed") and "ValueError: boom" in line
+
+
+class _CountingFile:
+    def __init__(self) -> None:
+        self.writes: list[str] = []
+
+    def write(self, text: str) -> None:
+        self.writes.append(text)
+
+    def flush(self) -> None:
+        pass
+
+
+async def test_request_lines_on_the_loop_are_written_once_per_loop_turn_in_order() -> None:
+    import asyncio
+
+    from vaultraft.logging import LineWriter
+
+    f = _CountingFile()
+    w = LineWriter(f)
+    w.batched("r1")
+    w.batched("r2")
+    assert f.writes == []  # queued until the end of this loop turn
+    w.now("e1")  # any other line goes out at once, after what is queued
+    assert f.writes == ["r1\nr2\ne1\n"]
+    w.batched("r3")
+    w.batched("r4")
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert f.writes == ["r1\nr2\ne1\n", "r3\nr4\n"]
+    w.batched("r5")
+    w.flush()  # (also registered with atexit)
+    assert f.writes[-1] == "r5\n"
+
+
+def test_request_lines_off_the_loop_are_written_at_once() -> None:
+    from vaultraft.logging import LineWriter
+
+    f = _CountingFile()
+    w = LineWriter(f)
+    w.batched("x")
+    assert f.writes == ["x\n"]

@@ -8,6 +8,7 @@ from typing import Any
 import structlog
 from aiohttp import web, web_protocol
 
+from vaultraft.logging import REQUEST_LOGGER
 from vaultraft import jsoncodec
 from vaultraft.core import Core
 from vaultraft.http import raft_snapshot, sys_raft, sys_replication, sys_unauth
@@ -25,6 +26,7 @@ from vaultraft.logical import (
 from vaultraft.randpool import uuid4_str
 
 log = structlog.get_logger("vaultraft.http")
+request_log = structlog.get_logger(REQUEST_LOGGER)  # one line per request, batched per loop turn
 
 # Vault's API uses the non-standard LIST method, which aiohttp's C parser rejects: each
 # connection starts on the C parser and switches to the pure-Python one at its first LIST.
@@ -140,7 +142,7 @@ class ApiHandler:
                       exc_info=isinstance(e, (AssertionError, AttributeError, KeyError, TypeError, NameError)))
             return _json(500, {"errors": ["internal error"]})
         finally:
-            log.info("http_request", request_id=request_id, method=request.method, path=path, status=status,
+            request_log.info("http_request", request_id=request_id, method=request.method, path=path, status=status,
                      duration_ms=round((time.monotonic() - started) * 1000, 2), remote=request.remote)
 
     async def _to_active(self, request: web.Request, leader_addr: str | None) -> web.Response:

@@ -24,6 +24,7 @@ import aiohttp
 import structlog
 from aiohttp import web
 
+from vaultraft.logging import REQUEST_LOGGER
 from vaultraft.core import Core, raft_snapshot
 from vaultraft.http.errors import status_for
 from vaultraft.http.forward import FORWARDED_HEADER, no_leader_response, redirect
@@ -38,6 +39,7 @@ from vaultraft.logical import (
 )
 
 log = structlog.get_logger("vaultraft.http")
+request_log = structlog.get_logger(REQUEST_LOGGER)  # one line per request, batched per loop turn
 
 PATHS = {"sys/storage/raft/snapshot": False, "sys/storage/raft/snapshot-force": True}
 CHUNK = 1 << 20
@@ -92,7 +94,7 @@ class SnapshotHandler:
             log.error("request_failed", request_id=request_id, error=type(e).__name__, path=path, exc_info=True)
             resp = _json(500, {"errors": ["internal error"]})
         status = resp.status
-        log.info("http_request", request_id=request_id, method=request.method, path=path, status=status,
+        request_log.info("http_request", request_id=request_id, method=request.method, path=path, status=status,
                  duration_ms=round((time.monotonic() - started) * 1000, 2), remote=request.remote)
         return resp
 

@@ -20,6 +20,7 @@ own to stay exact — on the active node and on standbys alike, across role chan
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import hmac
 import secrets
 from contextlib import asynccontextmanager
@@ -110,6 +111,7 @@ class TokenStore:
         self.ttls = MountTTLs(default_ttl if 0 < default_ttl <= max_ttl else max_ttl, max_ttl)
         self._on_revoke = on_revoke
         self._salt: bytes | None = None
+        self._keyed: tuple[bytes, hmac.HMAC] | None = None  # the salt and HMAC keyed with it
         self._salt_lock = asyncio.Lock()
         self._locks = _KeyLocks()
         self._revoking: set[str] = set()
@@ -138,8 +140,15 @@ class TokenStore:
 
     async def hash_id(self, token_id: str) -> str:
         """The storage name of ``token_id``: hex HMAC-SHA256 under this store's salt."""
-        key = self._salt if self._salt is not None else await self._key()
-        return hmac.digest(key, token_id.encode("utf-8"), "sha256").hex()
+        keyed = self._keyed
+        if keyed is None or keyed[0] is not self._salt:
+            key = self._salt if self._salt is not None else await self._key()
+            keyed = self._keyed = (key, hmac.new(key, digestmod=hashlib.sha256))
+        # A copy of the keyed state, not hmac.digest(): the one-shot C call releases the GIL,
+        # and under load the Raft thread then holds it for up to a switch interval (5 ms).
+        h = keyed[1].copy()
+        h.update(token_id.encode("utf-8"))
+        return h.hexdigest()
 
     async def _load(self, h: str) -> TokenEntry | None:
         key = ID_PREFIX + h

@@ -97,3 +97,35 @@ def test_state_machine_applies_replication_commands_and_digests_match(tmp_path: 
 
     assert digest(primary) == digest(secondary) == [("y", b"2"), ("z", b"3")]
     assert secondary.get("core/raft/tls") == b"s-ca"
+
+
+def test_the_in_memory_tail_answers_what_the_store_would(tmp_path: Path) -> None:
+    """read_wal_cached is read_wal without a transaction for a secondary that is close
+    behind; it declines (None) for a position older than the tail, after a reopen, and after
+    a secondary-side apply, where only the store knows."""
+    import random
+
+    from vaultraft.storage import lmdb_replica
+
+    store = LMDBStore(str(tmp_path / "s"), wal_retention=WalRetention(entries=700))
+    assert store.read_wal_cached(0, 10, 1 << 20) == []  # a new store: nothing after 0
+    rnd = random.Random(5)
+    for i in range(1, 801):
+        if i % 7 == 0:  # only cluster-own keys: this index has no WAL entry
+            store.apply_entry(i, 1, [Batch((Op.put("core/leader", b"me"),))], ts_ms=i)
+        else:
+            store.apply_entry(i, 1, [_put(f"k{i}", rnd.randbytes(rnd.randint(1, 300)))], ts_ms=i)
+    assert store.read_wal_cached(100, 10, 1 << 20) is None  # older than the tail (512 entries)
+    floor = 800 - lmdb_replica._TAIL_ENTRIES
+    for after in (floor + 200, 750, 790, 799, 800):
+        for max_entries, max_bytes in ((1, 1 << 20), (5, 1 << 20), (100, 600), (100, 1 << 20)):
+            cached = store.read_wal_cached(after, max_entries, max_bytes)
+            assert cached == store.read_wal(after, max_entries, max_bytes), (after, max_entries, max_bytes)
+    store.close()
+    reopened = LMDBStore(str(tmp_path / "s"), wal_retention=WalRetention(entries=700))
+    assert reopened.read_wal_cached(790, 10, 1 << 20) is None  # below the applied index at open
+    assert reopened.read_wal_cached(800, 10, 1 << 20) == []
+    reopened.apply_entry(801, 1, [_put("x", b"1")], ts_ms=801)
+    assert reopened.read_wal_cached(800, 10, 1 << 20) == reopened.read_wal(800, 10, 1 << 20)
+    reopened.apply_remote(802, 1, "reset", lineage="L", remote=5)
+    assert reopened.read_wal_cached(800, 10, 1 << 20) is None

@@ -147,7 +147,11 @@ class RaftWalSource:
         return self.store.wal_bounds()
 
     async def read_wal(self, after: int, max_entries: int, max_bytes: int) -> list[WalEntry]:
-        """Retained entries after ``after`` (read on a worker thread)."""
+        """Retained entries after ``after``: from the store's in-memory tail when it reaches
+        back that far (a streaming secondary), else read on a worker thread."""
+        cached = self.store.read_wal_cached(after, max_entries, max_bytes)
+        if cached is not None:
+            return cached
         return await asyncio.to_thread(self.store.read_wal, after, max_entries, max_bytes)
 
     async def wait_for_index(self, after: int, timeout: float) -> int:

@@ -10,6 +10,8 @@ transaction. Kept apart from ``lmdb_store.py`` so that file stays about local st
 from __future__ import annotations
 
 import builtins
+import collections
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Iterator, Sequence
@@ -30,6 +32,10 @@ _REPL_REMOTE = b"repl_remote"
 _REPL_COMPLETE = b"repl_complete"
 #: WAL entries pruned at most per applied entry (amortizes pruning after a config change).
 _WAL_PRUNE_STEP = 64
+#: The newest WAL entries kept in memory too, so a streaming secondary's reads need neither
+#: a transaction nor a thread hop (bounded by count and by encoded bytes).
+_TAIL_ENTRIES = 512
+_TAIL_BYTES = 16 << 20
 
 
 def encode_index(index: int) -> bytes:
@@ -71,8 +77,56 @@ class ReplicaMixin:
     wal_retention: WalRetention
     cache: ReadCache
 
+    _tail: collections.deque[tuple[WalEntry, int]]
+    _tail_bytes: int
+    _tail_floor: int  # every WAL entry with an index above this is in the tail
+    _tail_lock: threading.Lock
+
     if TYPE_CHECKING:  # provided by LMDBStore
         def _apply_nested(self, parent: lmdb.Transaction, batch: Batch) -> str | None: ...
+
+    # -- the in-memory WAL tail ----------------------------------------------------------
+
+    def _tail_reset(self) -> None:
+        """Start the tail afresh at the applied index (after anything but apply_entry
+        changed the WAL, and when the store opens)."""
+        if not hasattr(self, "_tail_lock"):
+            self._tail_lock = threading.Lock()
+        with self._tail_lock:
+            self._tail = collections.deque()
+            self._tail_bytes = 0
+            self._tail_floor = self._applied
+
+    def _tail_append(self, entry: WalEntry, size: int) -> None:
+        """Record a committed WAL entry (before the applied index that includes it is published)."""
+        with self._tail_lock:
+            self._tail.append((entry, size))
+            self._tail_bytes += size
+            cap = min(_TAIL_ENTRIES, self.wal_retention.entries)
+            while self._tail and (len(self._tail) > cap or self._tail_bytes > _TAIL_BYTES):
+                old, n = self._tail.popleft()
+                self._tail_bytes -= n
+                self._tail_floor = old.index
+
+    def read_wal_cached(self, after: int, max_entries: int, max_bytes: int) -> builtins.list[WalEntry] | None:
+        """:meth:`read_wal`'s answer from memory, or None when the in-memory tail does not
+        reach back to ``after`` (then read the store). Never blocks on I/O."""
+        with self._tail_lock:
+            if after < self._tail_floor:
+                return None
+            tail = self._tail
+            start = len(tail)
+            while start and tail[start - 1][0].index > after:
+                start -= 1
+            out: builtins.list[WalEntry] = []
+            size = 0
+            for i in range(start, len(tail)):
+                if len(out) >= max_entries or (out and size >= max_bytes):
+                    break
+                entry, n = tail[i]
+                out.append(entry)
+                size += n
+            return out
 
     def _prune_wal(self, txn: lmdb.Transaction, index: int, ts_ms: int) -> None:
         """Drop a bounded number of the oldest WAL entries outside the retention window."""
@@ -143,6 +197,7 @@ class ReplicaMixin:
         self._applied, self._applied_term, self._replica = index, term, state
         if op == "reset":
             self._wal_last = 0
+        self._tail_reset()
         return err, keys
 
     def _drop_replicated(self, txn: lmdb.Transaction, keep: tuple[str, ...]) -> builtins.list[str]:

@@ -153,6 +153,7 @@ class LMDBStore(ReplicaMixin):
             self._wal_last = int.from_bytes(bytes(cur.key())[:8], "big") if cur.last() else 0
         self._applied = 0 if raw is None else int.from_bytes(raw, "big")
         self._applied_term = 0 if raw_term is None else int.from_bytes(raw_term, "big")
+        self._tail_reset()
 
     # -- reads ---------------------------------------------------------------------------
 
@@ -320,14 +321,17 @@ class LMDBStore(ReplicaMixin):
                     results.append(ApplyResult(index, err))
                 self._prune_request_ids(txn, index)
                 if shipped:
-                    txn.put(encode_index(index) + encode_index(ts_ms),
-                            WalEntry(index, ts_ms, tuple(shipped)).encode(), db=self._wal)
+                    wal_entry = WalEntry(index, ts_ms, tuple(shipped))
+                    wal_raw = wal_entry.encode()
+                    txn.put(encode_index(index) + encode_index(ts_ms), wal_raw, db=self._wal)
                 if self.wal_retention.entries > 0 or self._wal_last:
                     self._prune_wal(txn, index, ts_ms)
                 txn.put(_APPLIED_KEY, encode_index(index), db=self._meta)
                 txn.put(_APPLIED_TERM_KEY, encode_index(term), db=self._meta)
         finally:  # after the commit (or a failure): drop what may have changed, before publishing
             self.cache.end_write([op.key for batch in batches for op in batch.ops])
+        if shipped:  # into the in-memory tail before the new applied index is visible
+            self._tail_append(wal_entry, len(wal_raw))
         self._applied = index
         self._applied_term = term
         if shipped:

@@ -31,6 +31,9 @@ class OpKind(enum.IntEnum):
     DELETE = 2
 
 
+_KINDS = {int(k): k for k in OpKind}  # a dict lookup, not the enum's (slow) call
+
+
 @dataclass(frozen=True)
 class Op:
     """One put or delete. ``value`` is None exactly for deletes."""
@@ -85,11 +88,11 @@ class Batch:
             if not (isinstance(item, list) and len(item) == 4):
                 raise BatchDecodeError("malformed operation")
             kind, key, value, local = item
-            try:
-                k = OpKind(kind)
-            except ValueError:
-                raise BatchDecodeError(f"unknown operation kind {kind!r}") from None
-            if not isinstance(key, str) or not key or len(key.encode()) > MAX_KEY_BYTES:
+            k = _KINDS.get(kind) if type(kind) is int else None
+            if k is None:
+                raise BatchDecodeError(f"unknown operation kind {kind!r}")
+            if not isinstance(key, str) or not key or (len(key) * 4 > MAX_KEY_BYTES
+                                                       and len(key.encode()) > MAX_KEY_BYTES):
                 raise BatchDecodeError("malformed key")
             if k is OpKind.PUT and not isinstance(value, bytes):
                 raise BatchDecodeError("put without bytes value")

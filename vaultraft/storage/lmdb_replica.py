@@ -90,8 +90,6 @@ class ReplicaMixin:
     def _tail_reset(self) -> None:
         """Start the tail afresh at the applied index (after anything but apply_entry
         changed the WAL, and when the store opens)."""
-        if not hasattr(self, "_tail_lock"):
-            self._tail_lock = threading.Lock()
         with self._tail_lock:
             self._tail = collections.deque()
             self._tail_bytes = 0

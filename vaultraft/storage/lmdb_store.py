@@ -128,6 +128,7 @@ class LMDBStore(ReplicaMixin):
         self.cache = cache if cache is not None else ReadCache()
         self.wal_retention = wal_retention
         self._metasync = metasync
+        self._tail_lock = threading.Lock()  # the in-memory WAL tail (lmdb_replica)
         self._open()
 
     def _open(self) -> None:

@@ -53,12 +53,8 @@ class ListenerConn:
 C = TypeVar("C", bound=ListenerConn)
 
 
-def peer_of(writer: asyncio.StreamWriter) -> str:
-    """``host:port`` of the remote end, or "?"."""
-    return _format_peer(writer.get_extra_info("peername"))
-
-
 def _format_peer(addr: Any) -> str:
+    """``host:port`` of a socket address, or "?"."""
     if isinstance(addr, tuple) and len(addr) >= 2:
         return format_addr(str(addr[0]), int(addr[1]))
     return "?"

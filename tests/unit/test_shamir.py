@@ -218,7 +218,9 @@ async def test_shares_unseal_a_barrier_end_to_end() -> None:
     progress = UnsealProgress(3)
     progress.add(shares[0])
     progress.add(shares[1])
-    bad = progress.add(other[2])
+    # (x coordinates are random per split: take one that neither of the two shares uses)
+    stranger = next(o for o in other if o[-1] not in (shares[0][-1], shares[1][-1]))
+    bad = progress.add(stranger)
     assert bad is not None and bad != kek
     with pytest.raises(RootKeyUnwrapError):
         unwrap_root_key(bad, await barrier.raw_get("core/root-key") or b"")

@@ -3,7 +3,8 @@
 :meth:`ReplicationClient.run` loops until cancelled: pick a primary address (following
 redirects from standbys), mutual TLS with this secondary's certificate (the server must
 present a certificate of the replication CA), Hello with the sink's position, then apply
-bulk syncs and WAL frames in order, acknowledging each. Any error — network, protocol,
+bulk syncs and WAL frames in order. Frames are read ahead while an apply runs, and Wal
+frames queued behind each other are applied and acknowledged as one. Any error — network, protocol,
 refusal, a sink fault — ends the session and the client reconnects with jittered backoff.
 Every sink call is awaited, so a slow sink slows the primary's sending (TCP backpressure)
 and never the event loop.
@@ -49,7 +50,7 @@ from vaultraft.replication.wire import (
     read_message,
     write_message,
 )
-from vaultraft.storage.wal import is_cluster_own
+from vaultraft.storage.wal import WalEntry, is_cluster_own
 
 __all__ = ["ClientConfig", "ClientStatus", "MerkleResult", "RemoteRefused", "ReplicationClient",
            "ReplicationError"]
@@ -84,6 +85,8 @@ class ClientConfig:
     backoff_initial: float = 0.5
     backoff_max: float = 30.0
     max_redirects: int = 3  # consecutive redirects followed before backing off
+    read_ahead_frames: int = 64  # frames read while an apply runs (then TCP backpressure)
+    max_apply_bytes: int = 8 * 1024 * 1024  # queued Wal frames merged into one apply, at most
 
 
 @dataclass(frozen=True)
@@ -284,19 +287,74 @@ class ReplicationClient:
                 writer.transport.abort()
 
     async def _receive(self, sess: _Session, reader: asyncio.StreamReader) -> str | None:
-        while True:
-            async with asyncio.timeout(self._cfg.idle_timeout):
-                msg = await read_message(reader, self._cfg.max_frame_bytes)
-            if isinstance(msg, Redirect):  # before Welcome, or later when the node loses leadership
-                return msg.addr
-            if isinstance(msg, Error):
-                raise RemoteRefused(msg.code, msg.message)
-            if not sess.welcomed:
-                if not isinstance(msg, Welcome):
-                    raise WireError(f"expected welcome, got {msg.TYPE}")
-                self._welcome(sess, msg)
-            else:
-                await self._handle(sess, msg)
+        """Read frames in a task of its own while this one applies them, so frames that arrive
+        during an apply queue up and consecutive Wal frames are applied (and acknowledged) as
+        one: under load the secondary's log gets one entry per apply, not one per frame."""
+        inbox: asyncio.Queue[Message | BaseException] = asyncio.Queue(self._cfg.read_ahead_frames)
+        reading = asyncio.create_task(self._read_frames(reader, inbox), name="replication-read-frames")
+        try:
+            held: Message | None = None
+            while True:
+                msg = held if held is not None else await _next_frame(inbox)
+                held = None
+                if isinstance(msg, Redirect):  # before Welcome, or later when the node loses leadership
+                    return msg.addr
+                if isinstance(msg, Error):
+                    raise RemoteRefused(msg.code, msg.message)
+                if not sess.welcomed:
+                    if not isinstance(msg, Welcome):
+                        raise WireError(f"expected welcome, got {msg.TYPE}")
+                    self._welcome(sess, msg)
+                elif isinstance(msg, Wal):
+                    held = await self._apply_wals(sess, msg, inbox)
+                else:
+                    await self._handle(sess, msg)
+        finally:
+            reading.cancel()
+            await asyncio.gather(reading, return_exceptions=True)
+
+    async def _read_frames(self, reader: asyncio.StreamReader, inbox: asyncio.Queue[Message | BaseException]) -> None:
+        """Queue every frame from ``reader`` (blocking while the queue is full: TCP backpressure
+        reaches the primary), then the error that ended the stream."""
+        try:
+            while True:
+                async with asyncio.timeout(self._cfg.idle_timeout):
+                    msg = await read_message(reader, self._cfg.max_frame_bytes)
+                await inbox.put(msg)
+        except Exception as e:  # noqa: BLE001 - handed to the applying task, which raises it
+            await inbox.put(e)
+
+    async def _apply_wals(self, sess: _Session, first: Wal,
+                          inbox: asyncio.Queue[Message | BaseException]) -> Message | None:
+        """Apply ``first`` and the valid Wal frames queued right behind it (up to
+        ``max_apply_bytes``) in one sink call, then acknowledge the last index once.
+
+        Returns the first queued frame not merged (any other message, or a Wal frame that
+        fails the epoch or order check: it is handled next and ends the session after what
+        came before it was applied). Raises for an invalid ``first``, applying nothing."""
+        if sess.bulk_index is not None:
+            raise WireError("wal entries inside a bulk sync")
+        self._check_epoch(sess, first.epoch)
+        if first.entries[0].index <= sess.last:
+            raise WireError("wal entries at or below the applied index")
+        entries = list(first.entries)
+        size = _wal_bytes(first)
+        held: Message | BaseException | None = None
+        while size < self._cfg.max_apply_bytes and not inbox.empty():
+            nxt = inbox.get_nowait()
+            if not (isinstance(nxt, Wal) and nxt.epoch >= sess.epoch and nxt.entries[0].index > entries[-1].index):
+                held = nxt
+                break
+            sess.epoch = self._epoch = nxt.epoch
+            entries.extend(nxt.entries)
+            size += _wal_bytes(nxt)
+        await self._sink.apply_wal(sess.lineage, entries)
+        sess.last = self._last_remote_wal = entries[-1].index
+        self._last_heartbeat = time.time()
+        await self._write(sess, Ack(sess.last))
+        if isinstance(held, BaseException):
+            raise held
+        return held
 
     def _welcome(self, sess: _Session, msg: Welcome) -> None:
         if not msg.bulk and msg.lineage != sess.lineage:
@@ -310,17 +368,7 @@ class ReplicationClient:
         log.info("replication_connected", primary=sess.addr, bulk=msg.bulk, remote_index=sess.last)
 
     async def _handle(self, sess: _Session, msg: Message) -> None:
-        if isinstance(msg, Wal):
-            if sess.bulk_index is not None:
-                raise WireError("wal entries inside a bulk sync")
-            self._check_epoch(sess, msg.epoch)
-            if msg.entries[0].index <= sess.last:
-                raise WireError("wal entries at or below the applied index")
-            await self._sink.apply_wal(sess.lineage, msg.entries)
-            sess.last = self._last_remote_wal = msg.entries[-1].index
-            self._last_heartbeat = time.time()
-            await self._write(sess, Ack(sess.last))
-        elif isinstance(msg, Heartbeat):
+        if isinstance(msg, Heartbeat):
             self._check_epoch(sess, msg.epoch)
             self._primary_applied, self._last_heartbeat = msg.applied_index, time.time()
             await self._write(sess, Ack(sess.last))
@@ -407,6 +455,18 @@ class ReplicationClient:
             self._last_error = f"the session with the primary at {addr} failed: {type(e).__name__}"
             # Only the type: a sink's message could quote stored data.
             log.error("replication_session_failed", primary=addr, error=type(e).__name__)
+
+
+def _wal_bytes(msg: Wal) -> int:
+    return sum(len(b) for e in msg.entries for b in e.batches)
+
+
+async def _next_frame(inbox: asyncio.Queue[Message | BaseException]) -> Message:
+    """The next queued frame; raises the error that ended the reading task."""
+    item = await inbox.get()
+    if isinstance(item, BaseException):
+        raise item
+    return item
 
 
 def _check_addrs(addrs: Sequence[str]) -> tuple[str, ...]:

@@ -16,7 +16,7 @@ from vaultraft.replication.wire import ThrottledLog
 
 
 #: Modules whose tests open TLS connections through the listener and client.
-_ON_BOTH_LOOPS = {"test_replication_stream", "test_replication_auth", "test_witness", "test_fence_stream"}
+_ON_BOTH_LOOPS = {"test_replication_stream", "test_client_apply_batching", "test_replication_auth", "test_witness", "test_fence_stream"}
 
 
 def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item

@@ -183,6 +183,50 @@ class _LoggerFactory:
 _writer: LineWriter | None = None
 
 
+class _RequestLines:
+    """The per-request line, written without structlog's machinery: the same text that
+    ``structlog.get_logger(REQUEST_LOGGER).info("http_request", **fields)`` writes through
+    the chain :func:`configure_logging` sets up (property-tested), at a third of the cost."""
+
+    def __init__(self, json: bool, enabled: bool, writer: LineWriter) -> None:
+        self._json, self.enabled, self._writer = json, enabled, writer
+        self._stamp = UTCStamper()
+
+    def __call__(self, request_id: str, method: str, path: str, status: int, duration_ms: float,
+                 remote: str | None) -> None:
+        if not self.enabled:
+            return
+        ts: MutableMapping[str, Any] = {}
+        self._stamp(None, "info", ts)
+        if self._json:
+            line = jsoncodec.dumps({"request_id": request_id, "method": method, "path": path, "status": status,
+                                    "duration_ms": duration_ms, "remote": remote, "event": "http_request",
+                                    "level": "info", "timestamp": ts["timestamp"]},
+                                   default=_fallback).decode("utf-8")
+        else:
+            cv = _console_value
+            line = (f"{ts['timestamp']} [info     ] http_request                   duration_ms={duration_ms!r} "
+                    f"method={cv(method)} path={cv(path)} remote={cv(remote)} request_id={cv(request_id)} "
+                    f"status={status!r}")
+        self._writer.batched(line)
+
+
+_request_lines: _RequestLines | None = None
+
+
+def log_request(request_id: str, method: str, path: str, status: int, duration_ms: float,
+                remote: str | None) -> None:
+    """Log the one line of a finished HTTP request (event ``http_request``, level info),
+    batched per loop turn like every line of :data:`REQUEST_LOGGER`."""
+    lines = _request_lines
+    if lines is None:  # logging not configured (library use, tests): structlog's defaults
+        structlog.get_logger(REQUEST_LOGGER).info(
+            "http_request", request_id=request_id, method=method, path=path, status=status,
+            duration_ms=duration_ms, remote=remote)
+    else:
+        lines(request_id, method, path, status, duration_ms, remote)
+
+
 def configure_logging(level: str = "info", fmt: str = "standard") -> None:
     """Route structlog to stderr at ``level``, as JSON when ``fmt`` is "json"."""
     lvl = _LEVELS.get(level.lower(), logging.INFO)
@@ -202,6 +246,8 @@ def configure_logging(level: str = "info", fmt: str = "standard") -> None:
         logger_factory=_LoggerFactory(_stderr_writer()),
         cache_logger_on_first_use=True,
     )
+    global _request_lines
+    _request_lines = _RequestLines(fmt == "json", lvl <= logging.INFO, _stderr_writer())
 
 
 def _stderr_writer() -> LineWriter:

@@ -132,3 +132,60 @@ def test_request_lines_off_the_loop_are_written_at_once() -> None:
     w = LineWriter(f)
     w.batched("x")
     assert f.writes == ["x\n"]
+
+
+@given(request_id=st.text(max_size=40), method=st.sampled_from(["GET", "POST", "LIST", "DELETE", "x y"]),
+       path=st.text(max_size=30), status=st.integers(0, 999),
+       duration_ms=st.floats(min_value=0, max_value=1e6, allow_nan=False), remote=st.none() | st.text(max_size=20))
+def test_log_request_writes_what_the_request_logger_would(request_id: str, method: str, path: str, status: int,
+                                                          duration_ms: float, remote: str | None) -> None:
+    import vaultraft.logging as vlog
+
+    saved_config, saved_writer, saved_lines = structlog.get_config(), vlog._writer, vlog._request_lines
+    f = _CountingFile()
+    try:
+        vlog._writer = vlog.LineWriter(f)  # off the loop: every line is written at once
+        for fmt in ("standard", "json"):
+            vlog.configure_logging("info", fmt)
+            structlog.get_logger(vlog.REQUEST_LOGGER).info(
+                "http_request", request_id=request_id, method=method, path=path, status=status,
+                duration_ms=duration_ms, remote=remote)
+            vlog.log_request(request_id, method, path, status, duration_ms, remote)
+            theirs, ours = (re.sub(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", "T", w) for w in f.writes[-2:])
+            assert ours == theirs
+        vlog.configure_logging("warn", "standard")
+        vlog.log_request(request_id, method, path, status, duration_ms, remote)
+        assert len(f.writes) == 4  # below the configured level: nothing
+    finally:
+        structlog.configure(**saved_config)
+        vlog._writer, vlog._request_lines = saved_writer, saved_lines
+
+
+_segment = st.sampled_from(["a", "b", "sys", "auth", "token", "kv", "x y", "é"])
+
+
+@given(st.lists(st.lists(_segment, min_size=1, max_size=3), max_size=6),
+       st.lists(_segment, max_size=5), st.booleans())
+def test_router_match_is_the_longest_mounted_prefix(mounts: list[list[str]], path: list[str], slash: bool) -> None:
+    from vaultraft.core.mounts import Route, Router
+
+    router = Router()
+    prefixes = {"/".join(m) + "/" for m in mounts}
+    for p in prefixes:
+        router.mount(Route(p, None, None, None))  # type: ignore[arg-type]
+    request_path = "/".join(path) + ("/" if slash and path else "")
+    probe = request_path if request_path.endswith("/") else request_path + "/"
+    candidates = [p for p in prefixes if probe.startswith(p)]
+    expected = max(candidates, key=len) if candidates else None
+    got = router.match(request_path)
+    assert (got.prefix if got is not None else None) == expected
+
+
+def test_router_refuses_a_prefix_without_its_slash() -> None:
+    import pytest
+
+    from vaultraft.core.mounts import Route, Router
+
+    for bad in ("secret", "/", ""):
+        with pytest.raises(ValueError):
+            Router().mount(Route(bad, None, None, None))  # type: ignore[arg-type]

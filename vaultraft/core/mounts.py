@@ -180,7 +180,9 @@ class Router:
         self._routes: dict[str, Route] = {}
 
     def mount(self, route: Route) -> None:
-        """Add or replace the route at ``route.prefix``."""
+        """Add or replace the route at ``route.prefix`` (ValueError unless it ends in "/")."""
+        if not route.prefix.endswith("/") or route.prefix == "/":
+            raise ValueError(f"a route prefix ends in a slash: {route.prefix!r}")
         self._routes[route.prefix] = route
 
     def unmount(self, prefix: str) -> None:
@@ -194,11 +196,14 @@ class Router:
     def match(self, path: str) -> Route | None:
         """The route with the longest prefix of ``path`` (``path`` may lack the slash)."""
         probe = path if path.endswith("/") else path + "/"
-        best: Route | None = None
-        for prefix, route in self._routes.items():
-            if probe.startswith(prefix) and (best is None or len(prefix) > len(best.prefix)):
-                best = route
-        return best
+        routes = self._routes
+        end = len(probe)
+        while end > 0:  # every prefix ending in a slash, longest first: a dict probe each
+            route = routes.get(probe[:end])
+            if route is not None:
+                return route
+            end = probe.rfind("/", 0, end - 1) + 1
+        return None
 
     def routes(self) -> list[Route]:
         """Every live route."""

@@ -8,7 +8,7 @@ from typing import Any
 import structlog
 from aiohttp import web, web_protocol
 
-from vaultraft.logging import REQUEST_LOGGER
+from vaultraft.logging import log_request
 from vaultraft import jsoncodec
 from vaultraft.core import Core
 from vaultraft.http import raft_snapshot, sys_raft, sys_replication, sys_unauth
@@ -26,7 +26,6 @@ from vaultraft.logical import (
 from vaultraft.randpool import uuid4_str
 
 log = structlog.get_logger("vaultraft.http")
-request_log = structlog.get_logger(REQUEST_LOGGER)  # one line per request, batched per loop turn
 
 # Vault's API uses the non-standard LIST method, which aiohttp's C parser rejects: each
 # connection starts on the C parser and switches to the pure-Python one at its first LIST.
@@ -142,8 +141,8 @@ class ApiHandler:
                       exc_info=isinstance(e, (AssertionError, AttributeError, KeyError, TypeError, NameError)))
             return _json(500, {"errors": ["internal error"]})
         finally:
-            request_log.info("http_request", request_id=request_id, method=request.method, path=path, status=status,
-                     duration_ms=round((time.monotonic() - started) * 1000, 2), remote=request.remote)
+            log_request(request_id, request.method, path, status, round((time.monotonic() - started) * 1000, 2),
+                        request.remote)
 
     async def _to_active(self, request: web.Request, leader_addr: str | None) -> web.Response:
         """A standby's answer: forward to the active node, or redirect when asked to."""
@@ -170,7 +169,7 @@ class ApiHandler:
         if special is not None:
             code, out = await special(core, method, body)
             return _json(code, out)
-        query = {k: v for k, v in request.query.items()}
+        query = {k: v for k, v in request.query.items()} if request.query_string else {}
         op = operation_for(method, query)
         if op is Operation.PATCH and request.content_type != "application/merge-patch+json":
             return _json(415, {"errors": ["PATCH requires Content-Type application/merge-patch+json"]})
@@ -188,7 +187,7 @@ class ApiHandler:
             client_token=client_token(request),
             request_id=request_id,
             remote_addr=request.remote or "",
-            headers={k.lower(): v for k, v in request.headers.items() if k.lower() not in _SKIP_HEADERS},
+            headers={lk: v for k, v in request.headers.items() if (lk := k.lower()) not in _SKIP_HEADERS},
         )
         resp = await core.handle_request(req)
         headers: dict[str, str] = {}

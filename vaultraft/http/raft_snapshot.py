@@ -24,7 +24,7 @@ import aiohttp
 import structlog
 from aiohttp import web
 
-from vaultraft.logging import REQUEST_LOGGER
+from vaultraft.logging import log_request
 from vaultraft.core import Core, raft_snapshot
 from vaultraft.http.errors import status_for
 from vaultraft.http.forward import FORWARDED_HEADER, no_leader_response, redirect
@@ -39,7 +39,6 @@ from vaultraft.logical import (
 )
 
 log = structlog.get_logger("vaultraft.http")
-request_log = structlog.get_logger(REQUEST_LOGGER)  # one line per request, batched per loop turn
 
 PATHS = {"sys/storage/raft/snapshot": False, "sys/storage/raft/snapshot-force": True}
 CHUNK = 1 << 20
@@ -94,8 +93,8 @@ class SnapshotHandler:
             log.error("request_failed", request_id=request_id, error=type(e).__name__, path=path, exc_info=True)
             resp = _json(500, {"errors": ["internal error"]})
         status = resp.status
-        request_log.info("http_request", request_id=request_id, method=request.method, path=path, status=status,
-                 duration_ms=round((time.monotonic() - started) * 1000, 2), remote=request.remote)
+        log_request(request_id, request.method, path, status, round((time.monotonic() - started) * 1000, 2),
+                    request.remote)
         return resp
 
     async def _dispatch(self, request: web.Request, path: str, request_id: str) -> web.StreamResponse:

@@ -382,6 +382,9 @@ def to_markdown(b: Bench, meta: dict[str, Any]) -> str:
                            f"(repetitions: {each} s; acknowledged writes lost: {lost}).")]
     if "error" in meta:
         lines += ["", f"**Run aborted:** {meta['error']}"]
+    if "server_events" in meta:
+        lines += ["", f"Requests failed: the servers' log lines other than per-request lines (role and Raft "
+                      f"state changes, warnings) were kept in `{Path(meta['server_events']).name}`."]
     lines += ["", "| target | measured | result |", "|---|---:|---|"]
     for t in targets(b):
         res = "not run" if t["pass"] is None else ("PASS" if t["pass"] else "FAIL")
@@ -410,6 +413,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help=f"comma-separated scenario groups to run, from {','.join(GROUPS)}")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="where latest.json/.md go")
     return p.parse_args(argv)
+
+
+def keep_server_events(work: Path, dest: Path) -> Path:
+    """Copy every server log line under ``work`` except the per-request lines (role changes,
+    Raft state, warnings: what explains errors) into ``dest``, each prefixed by its node."""
+    lines: list[str] = []
+    for log_path in sorted(work.rglob("server.log")):
+        node = str(log_path.parent.relative_to(work))
+        with open(log_path, errors="replace") as f:
+            lines.extend(f"{node}: {line.rstrip()}" for line in f if "http_request" not in line)
+    dest.write_text("\n".join(lines) + "\n")
+    return dest
 
 
 async def run_all(b: Bench, groups: set[str], work: Path) -> None:
@@ -454,9 +469,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         meta["error"] = f"{type(e).__name__}: {e}"
         b.log(f"run aborted: {meta['error']}")
     finally:
+        a.out.mkdir(parents=True, exist_ok=True)
+        if "error" in meta or any(r.error_count for sc in b.scenarios for r in sc.reps):
+            meta["server_events"] = str(keep_server_events(work, a.out / "latest-server-events.log"))
+            b.log(f"errors seen: the servers' non-request log lines are in {meta['server_events']}")
         shutil.rmtree(work, ignore_errors=True)
     meta.update(loadavg_after=loadavg(), wall_s=round(time.monotonic() - t0, 1))
-    a.out.mkdir(parents=True, exist_ok=True)
     (a.out / "latest.json").write_text(json.dumps(to_json(b, meta), indent=2) + "\n")
     md = to_markdown(b, meta)
     (a.out / "latest.md").write_text(md)

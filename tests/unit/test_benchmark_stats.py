@@ -133,3 +133,15 @@ def test_only_loopback_targets_are_accepted() -> None:
     for bad in ("http://10.0.0.1:8200", "http://example.com", "ftp://127.0.0.1/", "http://0.0.0.0:8200"):
         with pytest.raises(ValueError):
             check_loopback(bad)
+
+
+def test_server_events_keep_every_line_but_the_request_lines(tmp_path: Path) -> None:
+    from benchmarks.run import keep_server_events
+
+    for node, text in {"cluster/node0": "a became_active\nb http_request status=200\nc raft_state_changed\n",
+                       "dev": "d http_request status=503\ne server_started\n"}.items():
+        (tmp_path / node).mkdir(parents=True)
+        (tmp_path / node / "server.log").write_text(text)
+    dest = keep_server_events(tmp_path, tmp_path / "events.log")
+    assert dest.read_text().splitlines() == ["cluster/node0: a became_active", "cluster/node0: c raft_state_changed",
+                                             "dev: e server_started"]

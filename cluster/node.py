@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -22,11 +23,30 @@ from pathlib import Path
 from typing import Any
 
 
+#: Where :func:`free_port` picks: below the kernel's ephemeral range (32768-60999 here), so
+#: no outgoing connection's source port can take a port between its pick and the server's bind.
+FREE_PORT_RANGE = (20000, 32000)
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A TCP port on 127.0.0.1 that was free a moment ago, never handed out before by this
+    process, from :data:`FREE_PORT_RANGE` (``bind(0)`` picks from the ephemeral range, where
+    any test's client connection can take the port before the server listens on it)."""
+    rng = random.SystemRandom()
+    low, high = FREE_PORT_RANGE
+    for _ in range(500):
+        port = rng.randrange(low, high)
+        if port in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:  # in use, or TIME_WAIT leftovers a server might trip over
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError(f"no free port between {low} and {high}")
 
 
 def vaultraft_exe() -> str:

@@ -13,7 +13,8 @@ needed, switches instrumentation on, sends a warm-up load, zeroes the counters, 
 load generator and dumps the counters. Kernel time (system calls, context switches) is not
 counted, nor is waiting: this measures the Python work per request, nothing else.
 
-    .venv/bin/python -m benchmarks.instructions [--only dev,raft1] [--writes 500] [--concurrency 8]
+    .venv/bin/python -m benchmarks.instructions [--only dev,raft1] [--writes 500] [--updates 500]
+                                                [--reads 500] [--concurrency 8]
 
 Needs valgrind (``apt-get install -y valgrind``). Writes ``results/instructions.{json,md}``.
 """
@@ -86,7 +87,8 @@ async def _counted(pid: int, prefix: str, spec: LoadSpec) -> tuple[int, int, tup
     return result.summary.ok, _read_totals(prefix), result.written_keys
 
 
-async def measure(scenario: str, work: Path, writes: int, reads: int, concurrency: int) -> list[Count]:
+async def measure(scenario: str, work: Path, writes: int, reads: int, concurrency: int,
+                  updates: int = 0, update_keys: int = 64) -> list[Count]:
     """Start one server under callgrind, count its instructions for the writes (and reads)."""
     node = Node(work / scenario, storage="raft" if scenario == "raft1" else "inmem")
     node.workdir.mkdir(parents=True, exist_ok=True)
@@ -114,6 +116,12 @@ async def measure(scenario: str, work: Path, writes: int, reads: int, concurrenc
         await run_load(dataclasses.replace(base, max_requests=200, key_prefix="warmup/"))
         ok, ir, keys = await _counted(pid, prefix, dataclasses.replace(base, max_requests=writes))
         out = [Count(scenario, "write", ok, ir)]
+        if updates:  # the same keys again and again: KV v2 reads each key's metadata first
+            await run_load(dataclasses.replace(base, max_requests=2 * update_keys, key_prefix="upd/",
+                                               key_space=update_keys))
+            ok, ir, _ = await _counted(pid, prefix, dataclasses.replace(base, max_requests=updates, key_prefix="upd/",
+                                                                        key_space=update_keys))
+            out.append(Count(scenario, "update", ok, ir))
         if reads:
             ok, ir, _ = await _counted(pid, prefix, dataclasses.replace(base, op="read", max_requests=reads,
                                                                           read_keys=keys))
@@ -136,9 +144,9 @@ def render(counts: list[Count], meta: dict[str, Any]) -> str:
     """A Markdown table of instructions per request, with ratios against the dev node."""
     base = {c.op: c.per_request for c in counts if c.scenario == "dev"}
     lines = [f"# vaultraft instructions per request — {meta['time']}", "",
-             f"callgrind, {meta['concurrency']} concurrent clients, {meta['writes']} writes"
-             f"{' and ' + str(meta['reads']) + ' reads' if meta['reads'] else ''} counted per scenario after a "
-             "200-write warm-up; user-space instructions of the server process (all threads), "
+             f"callgrind, {meta['concurrency']} concurrent clients; counted per scenario after a 200-write "
+             f"warm-up: {meta['writes']} writes of new keys, {meta['updates']} updates of 64 keys written "
+             f"before, {meta['reads']} reads; user-space instructions of the server process (all threads), "
              "kernel time not included.", "",
              "| scenario | op | requests | instructions per request | vs dev |", "|---|---|---:|---:|---:|"]
     for c in counts:
@@ -162,7 +170,7 @@ async def main_async(args: argparse.Namespace) -> int:
     try:
         for scenario in only:
             print(f"[instructions] {scenario}: starting a server under callgrind", flush=True)
-            got = await measure(scenario, work, args.writes, args.reads, args.concurrency)
+            got = await measure(scenario, work, args.writes, args.reads, args.concurrency, args.updates)
             for c in got:
                 print(f"[instructions] {scenario} {c.op}: {c.per_request / 1e6:.3f} M instructions per request "
                       f"({c.requests} requests)", flush=True)
@@ -170,7 +178,7 @@ async def main_async(args: argparse.Namespace) -> int:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     meta = {"time": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "writes": args.writes,
-            "reads": args.reads, "concurrency": args.concurrency, "python": platform.python_version(),
+            "reads": args.reads, "updates": args.updates, "concurrency": args.concurrency, "python": platform.python_version(),
             "event_loop": os.environ.get("VAULTRAFT_EVENT_LOOP", "uvloop"), "seconds": round(time.monotonic() - t0, 1)}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -189,12 +197,14 @@ def main() -> int:
     p.add_argument("--only", default=",".join(SCENARIOS), help=f"comma-separated from {','.join(SCENARIOS)}")
     p.add_argument("--writes", type=int, default=500)
     p.add_argument("--reads", type=int, default=500, help="reads counted after the writes (0: none)")
+    p.add_argument("--updates", type=int, default=500,
+                   help="writes counted to 64 keys written before (updates; 0: none)")
     p.add_argument("--concurrency", type=int, default=8)
     p.add_argument("--out", default=str(Path(__file__).parent / "results"))
     p.add_argument("--name", default="instructions")
     args = p.parse_args()
-    if args.writes < 1 or args.reads < 0 or args.concurrency < 1:
-        p.error("--writes and --concurrency must be positive, --reads not negative")
+    if args.writes < 1 or args.reads < 0 or args.updates < 0 or args.concurrency < 1:
+        p.error("--writes and --concurrency must be positive, --reads and --updates not negative")
     return asyncio.run(main_async(args))
 
 

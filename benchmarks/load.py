@@ -195,7 +195,7 @@ class LoadSpec:
     """One measurement: ``op`` against ``base_url`` with ``concurrency`` workers.
 
     Writes POST ``/v1/<mount>/data/<key_prefix><worker>-<n>`` with a ``payload_bytes``-sized
-    value; reads GET keys from ``read_keys`` (worker ``w`` starts at key ``w`` and strides by
+    value (or, with ``key_space``, one of ``key_space`` keys in turn: updates); reads GET keys from ``read_keys`` (worker ``w`` starts at key ``w`` and strides by
     ``concurrency``). The run ends at ``duration_s`` or after ``max_requests`` requests,
     whichever comes first.
     """
@@ -210,6 +210,8 @@ class LoadSpec:
     key_prefix: str = "bench/"
     payload_bytes: int = 64
     read_keys: tuple[str, ...] = field(default=(), repr=False)
+    #: Writes update ``key_space`` keys over and over (0: every write creates a new key).
+    key_space: int = 0
     headers: tuple[tuple[str, str], ...] = ()
     request_timeout_s: float = 5.0
     error_backoff_s: float = 0.01
@@ -292,7 +294,8 @@ async def run_load(spec: LoadSpec) -> LoadResult:
             while time.perf_counter() < deadline and issued < spec.max_requests:
                 issued += 1
                 if spec.op == "write":
-                    key = f"{spec.key_prefix}{w}-{n}"
+                    key = (f"{spec.key_prefix}{(w + n * spec.concurrency) % spec.key_space}" if spec.key_space
+                           else f"{spec.key_prefix}{w}-{n}")
                     method, data = "POST", body
                 else:
                     key = spec.read_keys[(w + n * spec.concurrency) % len(spec.read_keys)]

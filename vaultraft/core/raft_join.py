@@ -31,6 +31,7 @@ from typing import Any
 import aiohttp
 import structlog
 
+from vaultraft.aio import wait_event
 from vaultraft.barrier import Barrier, decrypt_detached
 from vaultraft.barrier.errors import BarrierError
 from vaultraft.core.seal_manager import decode_key
@@ -198,7 +199,4 @@ async def retry_until(fn: Any, *, stop: asyncio.Event, interval: float = JOIN_RE
                 return
         except Exception as e:  # each attempt's failure is logged, then retried
             log.warning("raft_retry_join_failed", error=str(e) if str(e) else type(e).__name__)
-        try:
-            await asyncio.wait_for(stop.wait(), interval)
-        except TimeoutError:
-            pass
+        await wait_event(stop, interval)

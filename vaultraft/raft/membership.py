@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from pysyncobj import FAIL_REASON
 
+from vaultraft.aio import within
 from vaultraft.raft.errors import (
     CommitTimeout,
     ConsensusStopped,
@@ -129,7 +130,7 @@ class MembershipMixin:
             self.record_peers(sorted(peers | {addr} if op == "add" else peers - {addr}))
             return
         try:
-            err = await asyncio.wait_for(fut, self.tuning.commit_timeout)
+            err = await within(fut, self.tuning.commit_timeout)
         except TimeoutError:
             raise CommitTimeout(f"membership change {op} {addr} not committed in time") from None
         if err != FAIL_REASON.SUCCESS:

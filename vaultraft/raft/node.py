@@ -30,6 +30,7 @@ from pysyncobj.monotonic import (
 import pysyncobj.pickle as pysyncobj_pickle
 from pysyncobj.node import TCPNode
 
+from vaultraft.aio import wait_event, within
 from vaultraft.raft.background import JournalSync
 from vaultraft.raft.command import Command, CommandKind
 from vaultraft.raft.errors import (
@@ -347,9 +348,7 @@ class RaftPhysical(LeadershipMixin, MembershipMixin):
             try:
                 if self.store.applied_index() > after:
                     continue
-                await asyncio.wait_for(event.wait(), min(remaining, 0.5))
-            except TimeoutError:
-                pass
+                await wait_event(event, min(remaining, 0.5))
             finally:
                 self._applied_waiters -= 1
         return applied
@@ -449,10 +448,7 @@ class RaftPhysical(LeadershipMixin, MembershipMixin):
                 try:
                     await inflight.acquire()
                     if not landed.is_set():  # coalesce behind the group in flight unless it stalls
-                        try:
-                            await asyncio.wait_for(landed.wait(), STALL_AFTER)
-                        except TimeoutError:
-                            pass
+                        await wait_event(landed, STALL_AFTER)
                 except asyncio.CancelledError:  # stopped while this write waited for a slot
                     if not first.future.done():
                         first.future.set_exception(ConsensusStopped("consensus stopped"))
@@ -506,7 +502,7 @@ class RaftPhysical(LeadershipMixin, MembershipMixin):
             obj.apply_command(cmd, callback=done)
             remaining = deadline - time.monotonic()
             try:
-                result, err = await asyncio.wait_for(fut, min(ATTEMPT_TIMEOUT, max(remaining, 0.01)))
+                result, err = await within(fut, min(ATTEMPT_TIMEOUT, max(remaining, 0.01)))
             except TimeoutError:
                 err, result = -1, None
             if err == FAIL_REASON.SUCCESS:

@@ -20,6 +20,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Callable, TypeVar
 
+from vaultraft.aio import within
+
 SEAL_TYPE_SHAMIR = "shamir"
 SEAL_TYPE_PKCS11 = "pkcs11"
 
@@ -120,7 +122,7 @@ class AsyncSeal:
         loop = asyncio.get_running_loop()
         fut = loop.run_in_executor(self._pool, fn)
         try:
-            return await asyncio.wait_for(fut, self.timeout)
+            return await within(fut, self.timeout)
         except asyncio.TimeoutError:
             raise SealUnavailable(f"{self.seal_type} seal: the device did not answer "
                                   f"within {self.timeout:g}s") from None

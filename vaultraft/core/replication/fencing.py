@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from vaultraft.aio import within
 from vaultraft.core.tasks import cancel_and_wait
 from vaultraft.logical import Unavailable
 from vaultraft.raft.tls import NodeCert
@@ -102,7 +103,7 @@ class Fencing:
         # Win the new lease before dropping the old one, so writes see no gap when the
         # participants change (a secondary was activated or revoked).
         try:
-            await asyncio.wait_for(holder.renew_once(), self.duration / 3)
+            await within(holder.renew_once(), self.duration / 3)
         except Exception as e:  # the run loop retries
             log.info("replication_lease_first_round_failed", error=type(e).__name__)
         await self.stop_holder()

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from vaultraft.aio import wait_event
 from vaultraft.core.key_ops import KeyOps
 from vaultraft.core.replication import backup, staging
 from vaultraft.core.replication.activating import ActivationMixin, PendingActivation
@@ -152,10 +153,7 @@ class ReplicationManager(ActivationMixin, StatusMixin):
             if remaining <= 0:
                 raise Unavailable("write not acknowledged: no DR secondary confirmed it within dr_sync_timeout "
                                   "(replication dr_sync = true)")
-            try:
-                await asyncio.wait_for(self._durable.wait(), remaining)
-            except TimeoutError:
-                pass
+            await wait_event(self._durable, remaining)
 
     # ---- DR operation tokens -------------------------------------------------------------
 
@@ -363,10 +361,7 @@ class ReplicationManager(ActivationMixin, StatusMixin):
             except Exception as e:  # retried on the next round
                 log.warning("replication_reconcile_failed", error=type(e).__name__, detail=str(e)[:200])
             await self.key_sync.safe_step(self)
-            try:
-                await asyncio.wait_for(self._wake.wait(), RECONCILE_PERIOD)
-            except TimeoutError:
-                pass
+            await wait_event(self._wake, RECONCILE_PERIOD)
             self._wake.clear()
 
     async def reconcile(self) -> None:

@@ -10,6 +10,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from vaultraft.raft.snapshot import install_snapshot, write_snapshot
 from vaultraft.storage import Batch, Op
@@ -83,17 +85,78 @@ def test_refill_replaces_and_accounts_bytes() -> None:
 # ---- LMDBStore keeps it exact ------------------------------------------------------------
 
 
-def test_get_fills_and_apply_entry_invalidates(store: LMDBStore) -> None:
+def test_get_fills_and_apply_entry_writes_through(store: LMDBStore) -> None:
     store.apply_entry(1, 1, [put(("k", b"v1"))])
-    assert store.peek("k") == (False, None)
-    assert store.get("k") == b"v1"
-    assert store.peek("k") == (True, b"v1")
+    assert store.peek("k") == (True, b"v1")  # what the write stored, cached as it committed
     assert store.get("missing") is None and store.peek("missing") == (True, None)
     store.apply_entry(2, 1, [put(("k", b"v2"), ("missing", b"now"))])
-    assert store.peek("k") == (False, None) and store.peek("missing") == (False, None)
-    assert store.get("k") == b"v2" and store.get("missing") == b"now"
+    assert store.peek("k") == (True, b"v2") and store.peek("missing") == (True, b"now")
     store.apply_entry(3, 1, [delete("k")])
-    assert store.get("k") is None
+    assert store.peek("k") == (True, None) and store.get("k") is None
+
+
+def test_rejected_duplicate_and_oversized_values_are_not_written_through(store: LMDBStore) -> None:
+    store.apply_entry(1, 1, [put(("a", b"1")), Batch((Op.put("a", b"rejected"), Op.put("", b"bad")), b"r1")])
+    assert store.peek("a") == (True, b"1")  # the rejected batch was rolled back
+    first = Batch((Op.put("d", b"first"),), b"dup-id")
+    store.apply_entry(2, 1, [first])
+    store.apply_entry(3, 1, [put(("d", b"second"))])
+    store.apply_entry(4, 1, [Batch((Op.put("d", b"retry"),), b"dup-id")])  # a client retry: skipped
+    assert store.get("d") == b"second" and store.peek("d") in ((True, b"second"), (False, None))
+    big = b"x" * (MAX_VALUE_BYTES + 1)
+    store.apply_entry(5, 1, [put(("big", big), ("small", b"s"))])
+    assert store.peek("big") == (False, None) and store.peek("small") == (True, b"s")
+    assert store.get("big") == big
+
+
+def test_a_write_that_fails_to_commit_caches_nothing(tmp_path: Path) -> None:
+    import lmdb
+
+    s = LMDBStore(str(tmp_path / "tiny"), map_size=1 << 20)
+    try:
+        s.apply_entry(1, 1, [put(("k", b"old"))])
+        with pytest.raises(lmdb.MapFullError):
+            s.apply_entry(2, 1, [put(("k", b"new"), *((f"fill{i}", os.urandom(4000)) for i in range(400)))])
+        assert s.peek("k") == (False, None)
+        assert s.get("k") == b"old"
+    finally:
+        s.close()
+
+
+_keys = st.sampled_from(["a", "b", "c", ""])  # "" is refused by storage: its whole batch is rejected
+_ops = st.lists(st.tuples(_keys, st.none() | st.binary(max_size=8)), min_size=1, max_size=4)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.lists(_ops, min_size=1, max_size=3), min_size=1, max_size=12))
+def test_cache_always_agrees_with_what_was_committed(tmp_path_factory: pytest.TempPathFactory,
+                                                      entries: list[list[list[tuple[str, bytes | None]]]]) -> None:
+    s = LMDBStore(str(tmp_path_factory.mktemp("model") / "db"), map_size=1 << 22)
+    model: dict[str, bytes] = {}
+    try:
+        index = 0
+        for n, entry in enumerate(entries):
+            batches = [Batch(tuple(Op.put(k, v) if v is not None else Op.delete(k) for k, v in ops), os.urandom(8))
+                       for ops in entry]
+            if n % 2:  # a Raft log entry: all batches at one index
+                index += 1
+                s.apply_entry(index, 1, batches)
+            else:  # a group commit: one index per batch
+                s.apply_many([(b, index + 1 + i) for i, b in enumerate(batches)])
+                index += len(batches)
+            for ops in entry:
+                if all(k for k, _ in ops):
+                    for k, v in ops:
+                        if v is None:
+                            model.pop(k, None)
+                        else:
+                            model[k] = v
+            for k in ("a", "b", "c"):
+                hit, cached = s.peek(k)
+                assert not hit or cached == model.get(k)
+                assert s.get(k) == model.get(k)
+    finally:
+        s.close()
 
 
 def test_group_commit_and_failed_batches_invalidate(store: LMDBStore) -> None:
@@ -178,13 +241,14 @@ async def test_local_physical_serves_hits_without_a_thread_hop(tmp_path: Path) -
     phys = await LocalPhysical.open("raft", str(tmp_path / "db"), map_size=1 << 22)
     try:
         await phys.apply(put(("k", b"v1")))
-        assert await phys.get("k") == b"v1"  # miss: read on the reader thread
         reads = phys._reader.reads
-        assert await phys.get("k") == b"v1" and phys.peek("k") == (True, b"v1")
-        assert phys._reader.reads == reads  # hit: no hop
+        assert phys.peek("k") == (True, b"v1") and await phys.get("k") == b"v1"  # written through
+        assert await phys.get("other") is None  # miss: read on the reader thread
+        assert phys._reader.reads == reads + 1
+        assert await phys.get("other") is None and phys._reader.reads == reads + 1  # hit: no hop
         await phys.apply(put(("k", b"v2")))
-        assert phys.peek("k") == (False, None)
-        assert await phys.get("k") == b"v2"
+        assert phys.peek("k") == (True, b"v2")
+        assert await phys.get("k") == b"v2" and phys._reader.reads == reads + 1
     finally:
         await phys.close()
 

@@ -9,8 +9,10 @@ cache exact with two rules (see ``storage/DESIGN.md``):
    invalidation and be served to a reader that already saw the new one); once committed (or
    failed) it drops the keys it touched and bumps the generation (:meth:`end_write`) — before the store publishes the new
    applied index, so anything that waits for that index (a client's ack, a read barrier,
-   ``X-Vault-Index``) finds the keys already dropped. Replacing the whole store (snapshot
-   install, wipe) clears everything.
+   ``X-Vault-Index``) finds the keys already dropped. A write that committed then caches
+   the values it stored (write-through, in the same step under the lock): the next update
+   of a key reads its metadata without a trip to the reader thread. Replacing the whole
+   store (snapshot install, wipe) clears everything.
 2. **Fill only if nothing was invalidated meanwhile.** A reader takes the generation *before*
    it opens its read transaction and inserts what it read only if the generation is still the
    same. A read that raced a commit may have seen the old value; the commit's invalidation
@@ -105,9 +107,12 @@ class ReadCache:
             self._writing += 1
             self._gen += 1
 
-    def end_write(self, keys: Iterable[str], *, everything: bool = False) -> None:
+    def end_write(self, keys: Iterable[str], *, everything: bool = False,
+                  committed: Iterable[tuple[str, bytes | None]] = ()) -> None:
         """The write that :meth:`begin_write` announced committed (or failed): drop ``keys``
-        (or ``everything``) and bump the generation."""
+        (or ``everything``), bump the generation, then cache ``committed``: the (key, value)
+        pairs the write stored, in order (None: deleted), when it did commit. They are what
+        the store now holds, so a read after this returns them without touching the store."""
         with self._lock:
             self._writing = max(0, self._writing - 1)
             self._gen += 1
@@ -119,6 +124,21 @@ class ReadCache:
                 gone = self._map.pop(k, _MISS)
                 if gone is not _MISS and gone is not None:
                     self._bytes -= len(gone)  # type: ignore[arg-type]
+            if self.max_entries == 0:
+                return
+            for k, value in committed:
+                gone = self._map.pop(k, _MISS)
+                if gone is not _MISS and gone is not None:
+                    self._bytes -= len(gone)  # type: ignore[arg-type]
+                if value is not None and len(value) > MAX_VALUE_BYTES:
+                    continue  # dropped above: too large to cache
+                self._map[k] = value
+                self._bytes += 0 if value is None else len(value)
+            while len(self._map) > self.max_entries or self._bytes > self.max_bytes:
+                victim = next(iter(self._map))
+                gone = self._map.pop(victim)
+                if gone is not None:
+                    self._bytes -= len(gone)
 
     def invalidate(self, keys: Iterable[str]) -> None:
         """Drop ``keys`` and bump the generation (call after the write that touched them)."""

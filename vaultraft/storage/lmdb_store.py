@@ -242,6 +242,8 @@ class LMDBStore(ReplicaMixin):
         """
         results: builtins.list[ApplyResult] = []
         applied = self._applied
+        stored: builtins.list[Batch] = []  # the batches this transaction wrote
+        committed = False
         self.cache.begin_write()
         try:
             with self._guard.shared(), self._env.begin(write=True) as txn:
@@ -252,12 +254,16 @@ class LMDBStore(ReplicaMixin):
                     err = batch_error(batch, self._max_key)
                     if err is None:
                         err = self._apply_nested(txn, batch)
+                    if err is None:
+                        stored.append(batch)
                     results.append(ApplyResult(index, err))
                     applied = index
                 if applied != self._applied:
                     txn.put(_APPLIED_KEY, encode_index(applied), db=self._meta)
+            committed = True
         finally:  # after the commit (or a failure): drop what may have changed, before publishing
-            self.cache.end_write([op.key for batch, _ in batches for op in batch.ops])
+            self.cache.end_write([op.key for batch, _ in batches for op in batch.ops],
+                                 committed=_stored_pairs(stored) if committed else ())
         self._applied = applied
         return results
 
@@ -299,6 +305,8 @@ class LMDBStore(ReplicaMixin):
             return [ApplyResult(index) for _ in batches]
         results: builtins.list[ApplyResult] = []
         shipped: builtins.list[bytes] = []
+        stored: builtins.list[Batch] = []  # the batches this transaction wrote
+        committed = False
         self.cache.begin_write()
         try:
             with self._guard.shared(), self._env.begin(write=True) as txn:
@@ -312,6 +320,8 @@ class LMDBStore(ReplicaMixin):
                     err = batch_error(batch, self._max_key)
                     if err is None:
                         err = self._apply_nested(txn, batch)
+                    if err is None:
+                        stored.append(batch)
                     if rid and err is None:
                         txn.put(_REQ_PREFIX + rid, encode_index(index), db=self._meta)
                         txn.put(_REQIDX_PREFIX + encode_index(index) + rid, b"", db=self._meta)
@@ -329,8 +339,10 @@ class LMDBStore(ReplicaMixin):
                     self._prune_wal(txn, index, ts_ms)
                 txn.put(_APPLIED_KEY, encode_index(index), db=self._meta)
                 txn.put(_APPLIED_TERM_KEY, encode_index(term), db=self._meta)
+            committed = True
         finally:  # after the commit (or a failure): drop what may have changed, before publishing
-            self.cache.end_write([op.key for batch in batches for op in batch.ops])
+            self.cache.end_write([op.key for batch in batches for op in batch.ops],
+                                 committed=_stored_pairs(stored) if committed else ())
         if shipped:  # into the in-memory tail before the new applied index is visible
             self._tail_append(wal_entry, len(wal_raw))
         self._applied = index
@@ -420,3 +432,7 @@ class LMDBStore(ReplicaMixin):
             self._env.close()
             self.cache.clear()
 
+
+def _stored_pairs(batches: Sequence[Batch]) -> builtins.list[tuple[str, bytes | None]]:
+    """(key, stored bytes or None) of every op of ``batches``, in order: the later wins."""
+    return [(op.key, None if op.kind is not OpKind.PUT else bytes(op.value or b"")) for b in batches for op in b.ops]

@@ -89,16 +89,8 @@ class ReadCache:
         with self._lock:
             if generation != self._gen or self._writing:
                 return False
-            old = self._map.pop(key, _MISS)
-            if old is not _MISS and old is not None:
-                self._bytes -= len(old)  # type: ignore[arg-type]
-            self._map[key] = value
-            self._bytes += size
-            while len(self._map) > self.max_entries or self._bytes > self.max_bytes:
-                victim = next(iter(self._map))
-                gone = self._map.pop(victim)
-                if gone is not None:
-                    self._bytes -= len(gone)
+            self._put_locked(key, value)
+            self._evict_locked()
         return True
 
     def begin_write(self) -> None:
@@ -121,33 +113,39 @@ class ReadCache:
                 self._bytes = 0
                 return
             for k in keys:
-                gone = self._map.pop(k, _MISS)
-                if gone is not _MISS and gone is not None:
-                    self._bytes -= len(gone)  # type: ignore[arg-type]
+                self._drop_locked(k)
             if self.max_entries == 0:
                 return
             for k, value in committed:
-                gone = self._map.pop(k, _MISS)
-                if gone is not _MISS and gone is not None:
-                    self._bytes -= len(gone)  # type: ignore[arg-type]
                 if value is not None and len(value) > MAX_VALUE_BYTES:
-                    continue  # dropped above: too large to cache
-                self._map[k] = value
-                self._bytes += 0 if value is None else len(value)
-            while len(self._map) > self.max_entries or self._bytes > self.max_bytes:
-                victim = next(iter(self._map))
-                gone = self._map.pop(victim)
-                if gone is not None:
-                    self._bytes -= len(gone)
+                    self._drop_locked(k)  # too large to cache (an earlier op may have put it)
+                else:
+                    self._put_locked(k, value)
+            self._evict_locked()
 
     def invalidate(self, keys: Iterable[str]) -> None:
         """Drop ``keys`` and bump the generation (call after the write that touched them)."""
         with self._lock:
             self._gen += 1
             for k in keys:
-                gone = self._map.pop(k, _MISS)
-                if gone is not _MISS and gone is not None:
-                    self._bytes -= len(gone)  # type: ignore[arg-type]
+                self._drop_locked(k)
+
+    def _drop_locked(self, key: str) -> None:
+        gone = self._map.pop(key, _MISS)
+        if gone is not _MISS and gone is not None:
+            self._bytes -= len(gone)  # type: ignore[arg-type]
+
+    def _put_locked(self, key: str, value: bytes | None) -> None:
+        """Insert ``key`` at the back of the FIFO order (bounds are enforced by the caller)."""
+        self._drop_locked(key)
+        self._map[key] = value
+        self._bytes += 0 if value is None else len(value)
+
+    def _evict_locked(self) -> None:
+        while len(self._map) > self.max_entries or self._bytes > self.max_bytes:
+            gone = self._map.pop(next(iter(self._map)))
+            if gone is not None:
+                self._bytes -= len(gone)
 
     def clear(self) -> None:
         """Drop everything and bump the generation (the whole store was replaced)."""

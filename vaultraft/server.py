@@ -183,9 +183,9 @@ async def open_physical(config: ServerConfig) -> Physical:
         os.makedirs(st.path, mode=0o700, exist_ok=True)
         rep = config.replication
         retention = WalRetention(entries=rep.wal_retention_entries, age_ms=rep.wal_retention_age * 1000)
-        # metasync off: the Raft journal replays an entry whose LMDB commit an OS crash undid
+        # no fsync per commit: the Raft journal and snapshots rebuild it after an OS crash
         store = await asyncio.to_thread(LMDBStore, os.path.join(st.path, "vault.db"), wal_retention=retention,
-                                        metasync=False)
+                                        metasync=False, rebuildable=True)
         return RaftPhysical(store, data_dir=st.path, node_id=node_id_for(config),
                             self_addr=cluster_self_addr(config, config.listeners[0]),
                             bind_addr=config.listeners[0].cluster_address)

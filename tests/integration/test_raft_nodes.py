@@ -29,6 +29,7 @@ from vaultraft.raft.node import (
 from vaultraft.raft.tls import ClusterCA, NodeCert
 from vaultraft.raft.transport import make_transport_class, node_id_is_address
 from vaultraft.storage import ApplyResult, Batch, Op
+from vaultraft.storage import os_crash
 from vaultraft.storage.lmdb_store import LMDBStore
 
 FAST = RaftTuning(election_min=0.3, election_max=0.8, heartbeat=0.03, commit_timeout=5.0)
@@ -63,7 +64,7 @@ class Member:
 
     def open(self) -> None:
         """Open the store and the RaftPhysical (a process start)."""
-        store = LMDBStore(str(self.data_dir / "store"), map_size=1 << 26)
+        store = LMDBStore(str(self.data_dir / "store"), map_size=1 << 26, rebuildable=True)  # as server.py
         self.phys = RaftPhysical(store, data_dir=str(self.data_dir), self_addr=self.addr, node_id=self.addr,
                                  tuning=self.tuning, observer=lambda i, keys: self.written.append((i, list(keys))))
 
@@ -284,6 +285,40 @@ async def test_stopped_node_catches_up_through_snapshot(tmp_path: Path) -> None:
         assert r.error is None and r.index < leader.p.applied_index()
         await c.converge([leader, lagging])
         assert await lagging.p.get("s/000") == b"0"
+    finally:
+        await c.close()
+
+
+async def test_store_torn_by_an_os_crash_is_rebuilt_from_the_log(tmp_path: Path) -> None:
+    """A node's store commits without fsync; after an OS crash it is set aside and the
+    node's snapshot, journal and the leader rebuild it (storage/os_crash.py)."""
+    tuning = RaftTuning(election_min=0.3, election_max=0.8, heartbeat=0.03, commit_timeout=5.0,
+                        log_compaction_entries=50)
+    c = Cluster(tmp_path, tuning)
+    await c.start()
+    try:
+        leader = await c.leader()
+        victim = next(m for m in c.members if m is not leader)
+        for i in range(80):  # sequential: one entry each, so every node compacts once
+            assert (await leader.p.apply(put(f"k/{i:03d}", str(i).encode()))).error is None
+        await c.converge([leader, victim])
+        await victim.close()
+        store_dir = victim.data_dir / "store"
+        assert os.path.exists(victim.data_dir / "raft" / "snapshot")  # its own snapshot + journal tail
+        # the OS went down: the marker names another boot and the pages may be torn
+        (store_dir / os_crash.MARKER).write_text("an-earlier-boot")
+        (store_dir / "data.mdb").write_bytes(os.urandom(16384))
+        for i in range(80, 90):  # and the cluster moved on meanwhile
+            assert (await leader.p.apply(put(f"k/{i:03d}", str(i).encode()))).error is None
+
+        victim.open()
+        assert victim.p.store.rebuilt and victim.p.applied_index() == 0
+        await victim.start(peers=None)
+        leader = await c.leader()
+        await c.converge([leader, *[m for m in c.members if m is not leader]])
+        for i in range(90):
+            assert await victim.p.get(f"k/{i:03d}") == str(i).encode()
+        assert (store_dir / os_crash.UNTRUSTED).exists()
     finally:
         await c.close()
 

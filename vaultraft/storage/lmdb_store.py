@@ -17,7 +17,9 @@ from contextlib import contextmanager
 from typing import Iterator, Sequence
 
 import lmdb
+import structlog
 
+from vaultraft.storage import os_crash
 from vaultraft.storage.batch import Batch, OpKind
 from vaultraft.storage.cache import ReadCache
 from vaultraft.storage.physical import ApplyResult
@@ -30,6 +32,8 @@ from vaultraft.storage.lmdb_replica import (  # ReplicaState, WalRetention: re-e
     encode_index,
 )
 from vaultraft.storage.wal import WalEntry
+
+log = structlog.get_logger("vaultraft.storage")
 
 #: LMDB's compiled-in key limit (``mdb_env_get_maxkeysize``); the in-memory store mirrors it.
 STORE_MAX_KEY_BYTES = 511
@@ -110,14 +114,18 @@ class LMDBStore(ReplicaMixin):
     """
 
     def __init__(self, path: str, map_size: int = 1 << 30, *, cache: ReadCache | None = None,
-                 wal_retention: WalRetention = WalRetention(), metasync: bool = True) -> None:
+                 wal_retention: WalRetention = WalRetention(), metasync: bool = True,
+                 rebuildable: bool = False) -> None:
         """Open (creating with mode 0700 if needed) the environment directory ``path``.
 
         ``cache`` (default: a new bounded :class:`ReadCache`) remembers what :meth:`get`
         read; every write path of this class keeps it exact (see ``storage/cache.py``).
-        ``metasync=False`` (for a store under a Raft journal) saves the second fsync of
-        every commit: LMDB stays consistent, but an OS crash may undo the *last* committed
-        transaction, which the journal's replay then re-applies.
+        ``metasync=False`` saves the second fsync of every commit: LMDB stays consistent,
+        but an OS crash may undo the *last* committed transaction.
+        ``rebuildable=True`` (a Raft node's store: its journal and snapshots hold every
+        entry) commits without any fsync, and after an OS crash starts empty so that the
+        log rebuilds it (see ``storage/os_crash.py``; ``rebuilt`` tells). Close it
+        (:meth:`close`) for the next open to trust it.
         """
         os.makedirs(path, mode=0o700, exist_ok=True)
         os.chmod(path, 0o700)
@@ -128,17 +136,25 @@ class LMDBStore(ReplicaMixin):
         self.cache = cache if cache is not None else ReadCache()
         self.wal_retention = wal_retention
         self._metasync = metasync
+        #: The boot id recorded before unsynced commits (None: every commit is fsynced).
+        self._unsynced_boot = os_crash.current_boot_id() if rebuildable else None
+        #: Whether an open found the environment torn by an OS crash and set it aside.
+        self.rebuilt = False
         self._tail_lock = threading.Lock()  # the in-memory WAL tail (lmdb_replica)
         self._open()
 
     def _open(self) -> None:
+        unsynced = self._unsynced_boot is not None
+        if self._unsynced_boot is not None and os_crash.guard(self.path, self._unsynced_boot):
+            self.rebuilt = True
+            log.warning("storage_set_aside_after_os_crash", path=self.path, moved_to=os_crash.UNTRUSTED)
         self._env = lmdb.open(
             self.path,
             map_size=self._map_size,
             max_dbs=4,
             subdir=True,
-            sync=True,
-            metasync=self._metasync,
+            sync=not unsynced,
+            metasync=self._metasync and not unsynced,
             mode=0o600,
             readahead=False,
         )
@@ -421,16 +437,20 @@ class LMDBStore(ReplicaMixin):
             self._open()
 
     def sync(self) -> None:
-        """Force a flush to disk (commits already sync; this is for belt and braces)."""
+        """Force a flush to disk (commits sync unless the store is rebuildable)."""
         with self._guard.shared():
             self._env.sync(True)
 
     def close(self) -> None:
-        """Close the environment; idempotent."""
+        """Close the environment (synced to disk first); idempotent."""
         if not self._closed:
             self._closed = True
+            if self._unsynced_boot is not None:
+                self._env.sync(True)
             self._env.close()
             self.cache.clear()
+            if self._unsynced_boot is not None:
+                os_crash.clear(self.path)
 
 
 def _stored_pairs(batches: Sequence[Batch]) -> builtins.list[tuple[str, bytes | None]]:

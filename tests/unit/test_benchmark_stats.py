@@ -145,3 +145,27 @@ def test_server_events_keep_every_line_but_the_request_lines(tmp_path: Path) -> 
     dest = keep_server_events(tmp_path, tmp_path / "events.log")
     assert dest.read_text().splitlines() == ["cluster/node0: a became_active", "cluster/node0: c raft_state_changed",
                                              "dev: e server_started"]
+
+
+def _point(ops: float, p50: float) -> Summary:
+    return Summary(requests=int(ops * 5), ok=int(ops * 5), elapsed_s=5.0, ops_per_s=ops, p50_ms=p50,
+                   p90_ms=p50 * 1.3, p99_ms=p50 * 2, max_ms=p50 * 3)
+
+
+def test_write_targets_must_hold_at_one_load() -> None:
+    from benchmarks.run import Bench, Scenario, targets
+
+    def bench(*rows: tuple[int, float, float]) -> Bench:
+        b = Bench(duration_s=5, concurrency=32, reps=1, max_requests=1000, warmup_s=0, write_concurrency=(16,))
+        for clients, ops, p50 in rows:
+            name = "cluster write @active" if clients == 32 else f"cluster write @active, {clients} clients"
+            b.scenarios.append(Scenario(name, "write", "active", clients, reps=[_point(ops, p50)]))
+        return b
+
+    # throughput only at 32 clients, latency only at 16: each alone passes, together they fail
+    t = targets(bench((32, 1050, 30.0), (16, 950, 16.0)))
+    assert [x["pass"] for x in t[:3]] == [True, True, False]
+    assert t[0]["measured"] == "1050 (32 clients)" and t[1]["measured"] == "16.0 ms (16 clients)"
+    assert t[2]["measured"] == "16 clients: 950/s, p50 16.00 ms; 32 clients: 1050/s, p50 30.00 ms"
+    assert [x["pass"] for x in targets(bench((32, 1100, 29.0), (16, 1010, 15.8)))[:3]] == [True, True, True]
+    assert [x["pass"] for x in targets(bench())[:3]] == [None, None, None]  # the cluster was not run

@@ -25,7 +25,6 @@ printed or written.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import platform
@@ -40,6 +39,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from benchmarks.load import run_client
 from benchmarks.repl_common import loadavg, log
 from benchmarks.repl_drill import run_drills
 from benchmarks.repl_lag import run_lag
@@ -153,7 +153,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for g in groups:
             tg = time.monotonic()
             try:
-                res[g] = asyncio.run(run_group(g, plan, work / g))
+                res[g] = run_client(run_group(g, plan, work / g))
             except Exception as e:  # noqa: BLE001  # a failed group is reported; the others still run
                 res["errors"][g] = f"{type(e).__name__}: {e}"
                 log(f"{g} FAILED: {res['errors'][g]}")

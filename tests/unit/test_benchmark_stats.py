@@ -169,3 +169,15 @@ def test_write_targets_must_hold_at_one_load() -> None:
     assert t[2]["measured"] == "16 clients: 950/s, p50 16.00 ms; 32 clients: 1050/s, p50 30.00 ms"
     assert [x["pass"] for x in targets(bench((32, 1100, 29.0), (16, 1010, 15.8)))[:3]] == [True, True, True]
     assert [x["pass"] for x in targets(bench())[:3]] == [None, None, None]  # the cluster was not run
+
+
+def test_the_client_side_runs_on_uvloop() -> None:
+    import asyncio
+
+    from benchmarks.load import run_client
+
+    async def loop_module() -> str:
+        await asyncio.sleep(0)
+        return type(asyncio.get_running_loop()).__module__
+
+    assert run_client(loop_module()).startswith("uvloop")

@@ -20,14 +20,15 @@ from aiohttp import web
 from vaultraft.config import ConfigError, ServerConfig, dev_config, load_config
 from vaultraft.config.model import ListenerConfig, join_host_port, split_host_port
 from vaultraft.core import Core, CoreSettings, raft_ops
+from vaultraft.core.mounts import new_entry
 from vaultraft.core.raft_join import retry_until
 from vaultraft.core.seal_lifecycle import build_seal_manager
 from vaultraft.hardening import harden_process
-from vaultraft.core.mounts import new_entry
 from vaultraft.http import build_app
-from vaultraft.logical import VaultError
 from vaultraft.logging import configure_logging
+from vaultraft.logical import VaultError
 from vaultraft.raft.node import RaftPhysical
+from vaultraft.raft.rebuild import rebuild_from_local_log
 from vaultraft.storage import Physical
 from vaultraft.storage.lmdb_replica import WalRetention
 from vaultraft.storage.lmdb_store import LMDBStore
@@ -186,6 +187,8 @@ async def open_physical(config: ServerConfig) -> Physical:
         # no fsync per commit: the Raft journal and snapshots rebuild it after an OS crash
         store = await asyncio.to_thread(LMDBStore, os.path.join(st.path, "vault.db"), wal_retention=retention,
                                         metasync=False, rebuildable=True)
+        if store.rebuilt:  # set aside after an OS crash: refill it before anything reads it
+            await asyncio.to_thread(rebuild_from_local_log, store, os.path.join(st.path, "raft"))
         return RaftPhysical(store, data_dir=st.path, node_id=node_id_for(config),
                             self_addr=cluster_self_addr(config, config.listeners[0]),
                             bind_addr=config.listeners[0].cluster_address)

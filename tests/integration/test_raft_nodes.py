@@ -26,10 +26,10 @@ from vaultraft.raft.node import (
     RaftPhysical,
     RaftTuning,
 )
+from vaultraft.raft.rebuild import rebuild_from_local_log
 from vaultraft.raft.tls import ClusterCA, NodeCert
 from vaultraft.raft.transport import make_transport_class, node_id_is_address
-from vaultraft.storage import ApplyResult, Batch, Op
-from vaultraft.storage import os_crash
+from vaultraft.storage import ApplyResult, Batch, Op, os_crash
 from vaultraft.storage.lmdb_store import LMDBStore
 
 FAST = RaftTuning(election_min=0.3, election_max=0.8, heartbeat=0.03, commit_timeout=5.0)
@@ -313,6 +313,10 @@ async def test_store_torn_by_an_os_crash_is_rebuilt_from_the_log(tmp_path: Path)
 
         victim.open()
         assert victim.p.store.rebuilt and victim.p.applied_index() == 0
+        # what server.py does next, before unsealing: replay its own snapshot and journal
+        rebuilt = rebuild_from_local_log(victim.p.store, str(victim.data_dir / "raft"))
+        assert rebuilt.snapshot_index >= 50 and rebuilt.applied_index >= rebuilt.snapshot_index
+        assert await victim.p.get("k/000") == b"0"
         await victim.start(peers=None)
         leader = await c.leader()
         await c.converge([leader, *[m for m in c.members if m is not leader]])

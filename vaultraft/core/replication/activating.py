@@ -67,6 +67,23 @@ class ActivationMixin:
         """The kind of the activation under way (in memory here, or staged in storage)."""
         return self.pending.record.kind if self.pending is not None else self.staged_kind
 
+    async def _forget_pending(self) -> None:
+        """A standby: drop an activation this node ran while it was active (deposed in its
+        middle). The node that is active now resumes it from the staged record; kept here,
+        it would make this standby refuse clients after that activation was finished or
+        abandoned, which only the staged record tells a standby. Skipped while this node
+        holds ``activation_lock`` (retried next round)."""
+        if self.pending is None or self.activation_lock.locked():
+            return
+        async with self.activation_lock:
+            p, self.pending = self.pending, None
+            if p is None:
+                return
+            p.done.set()
+            await self._stop_client()
+            self.set_record(p.record.kind, self.records.get(p.record.kind))
+            log.info("replication_activation_left_to_active", kind=p.record.kind)
+
     async def _sync_staged(self) -> None:
         """The active node: follow the activation staged in storage. Resume one this node
         does not hold in memory (it became active, or was restarted and unsealed, while an

@@ -367,6 +367,7 @@ class ReplicationManager(ActivationMixin, StatusMixin):
     async def reconcile(self) -> None:
         """Start or stop the server and client to match the records and this node's role."""
         if not self.core.active:
+            await self._forget_pending()  # before the role is compared: storage says it now
             was, was_perf, was_activating = self.dr_secondary, self.perf_secondary, self.activating
             await self.load()
             if was and not self.dr_secondary:  # the active node promoted or disabled the cluster

@@ -1,6 +1,6 @@
 """Run the benchmark scenarios and write ``latest.json`` + ``latest.md``.
 
-``python -m benchmarks.run [--duration 5] [--concurrency 32] [--write-concurrency 16,24] [--reps 3] [--out benchmarks/results]``
+``python -m benchmarks.run [--duration 5] [--concurrency 32] [--write-concurrency 16,20,24] [--reps 3] [--out benchmarks/results]``
 
 Scenarios, in order (each node or cluster lives in a temporary directory, removed at the end):
 
@@ -425,8 +425,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0])
     p.add_argument("--duration", type=float, default=5.0, help="seconds per repetition (default 5)")
     p.add_argument("--concurrency", type=int, default=32, help="concurrent client workers (default 32)")
-    p.add_argument("--write-concurrency", default="16,24",
-                   help="further client counts for writes at the active, comma-separated (default 16,24)")
+    p.add_argument("--write-concurrency", default="16,20,24",
+                   help="further client counts for writes at the active, comma-separated (default 16,20,24)")
     p.add_argument("--reps", type=int, default=3, help="repetitions per scenario (default 3)")
     p.add_argument("--max-requests", type=int, default=200_000, help="request cap per repetition")
     p.add_argument("--warmup", type=float, default=1.0, help="unrecorded warm-up seconds per scenario")

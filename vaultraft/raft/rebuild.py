@@ -8,16 +8,18 @@ it has locally: its snapshot (pysyncobj's full dump, our own fsynced format), th
 journal entry up to the commit index the journal recorded. Entries after that index may
 be uncommitted and are left to consensus, which also brings whatever the node missed.
 
-The journal is the node's own file (pysyncobj pickles the call of its one replicated
-method); it is read with pysyncobj's own reader, as pysyncobj does at every start.
+The journal is the node's own file, read with pysyncobj's own reader, as pysyncobj does
+at every start. Each entry is the call of our one replicated method, pickled by pysyncobj;
+it is never unpickled here: ``pickletools.genops`` walks its opcodes (it imports, calls and
+builds nothing), and only the exact shape ``(method id, (command bytes,))`` is accepted.
 """
 
 from __future__ import annotations
 
 import os
+import pickletools
 from dataclasses import dataclass
 
-import pysyncobj.pickle as pysyncobj_pickle
 import structlog
 from pysyncobj.journal import FileJournal
 
@@ -66,7 +68,11 @@ def rebuild_from_local_log(store: LMDBStore, raft_dir: str) -> Rebuilt:
                     break
                 if index <= store.applied_index():
                     continue
-                raw = _our_command(command)
+                try:
+                    raw = _our_command(command)
+                except ValueError as e:  # not a call this version wrote: consensus brings the rest
+                    log.warning("raft_rebuild_stopped", index=index, reason=str(e))
+                    break
                 if raw is None:  # pysyncobj's own entry (no-op, membership): nothing stored
                     continue
                 fsm.apply(raw, index, term)
@@ -80,14 +86,28 @@ def rebuild_from_local_log(store: LMDBStore, raft_dir: str) -> Rebuilt:
     return Rebuilt(snapshot_index, applied, store.applied_index())
 
 
+#: Opcodes of an int (the method id), of bytes (the command), and the framing ones ignored.
+_INT_OPS = {"BININT1", "BININT2", "BININT", "LONG1"}
+_BYTES_OPS = {"SHORT_BINBYTES", "BINBYTES", "BINBYTES8"}
+_IGNORED_OPS = {"PROTO", "FRAME", "MEMOIZE"}
+
+
 def _our_command(command: bytes) -> bytes | None:
-    """The argument of the replicated ``apply_command`` call in a journal entry, or None."""
+    """The argument of the replicated ``apply_command`` call in a journal entry; None for
+    pysyncobj's own entries. Raises ValueError for a call of any other shape."""
     if not command or command[0] != _REGULAR:
         return None
-    call = pysyncobj_pickle.loads(command[1:])
-    if not isinstance(call, tuple) or len(call) < 2:
-        return None
-    args = call[1]
-    if not isinstance(args, (tuple, list)) or len(args) != 1 or not isinstance(args[0], bytes):
-        return None
-    return args[0]
+    ops: list[str] = []
+    values: list[object] = []
+    try:
+        for op, arg, _ in pickletools.genops(command[1:]):
+            if op.name in _IGNORED_OPS:
+                continue
+            ops.append(op.name)
+            values.append(arg)
+    except Exception as e:  # noqa: BLE001 - a torn or foreign record
+        raise ValueError(f"unreadable journal record ({type(e).__name__})") from None
+    if (len(ops) != 5 or ops[0] not in _INT_OPS or ops[1] not in _BYTES_OPS
+            or ops[2:] != ["TUPLE1", "TUPLE2", "STOP"] or not isinstance(values[1], bytes)):
+        raise ValueError("journal record is not a call of the replicated method with one bytes argument")
+    return values[1]

@@ -84,10 +84,12 @@ class ServerConfig:
     bulk_chunk_bytes: int = 1 << 20
     max_pending_digests: int = 4
     state_check_interval: float = 1.0  # how often a stream re-checks authorization and leadership
-    #: Under a steady stream (the next apply came within ``busy_gap``), wait this long before
-    #: reading the WAL again, so that one Wal frame carries several entries: each round costs
-    #: the primary's event loop the same whatever it carries. Adds at most this to the lag.
-    stream_coalesce: float = 0.004
+    #: Under a steady stream (the next apply came within ``busy_gap``), send at most one Wal
+    #: frame per ``stream_interval``, so that one frame carries several entries: each round
+    #: (read, frame, TLS write, the secondary's Ack) costs the primary's event loop about the
+    #: same whatever it carries. Adds at most this to the lag, and to a write's latency in
+    #: ``dr_sync`` mode (where the manager sets a shorter interval).
+    stream_interval: float = 0.012
     busy_gap: float = 0.005
 
 
@@ -114,9 +116,10 @@ class _Conn(ListenerConn):
     last_recv: float = field(default_factory=time.time)
     last_send: float = field(default_factory=time.monotonic)
     last_heartbeat: float = field(default_factory=time.monotonic)
+    last_wal: float = 0.0  # monotonic time the last Wal frame went out
     last_check: float = field(default_factory=time.monotonic)
     digests: collections.deque[int] = field(default_factory=collections.deque)
-    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    waiter: asyncio.Task[int] | None = None  # the send loop's wait for an apply (_idle)
     streaming: bool = False  # Welcome sent: lease requests may follow
     leases: dict[int, asyncio.Future[LeaseReply | None]] = field(default_factory=dict)
 
@@ -307,7 +310,8 @@ class ReplicationServer(TlsListener[_Conn]):
                 if len(conn.digests) >= self._cfg.max_pending_digests:
                     raise WireError("too many pending digest requests")
                 conn.digests.append(msg.request_id)
-                conn.wake.set()
+                if conn.waiter is not None:
+                    conn.waiter.cancel()  # the send loop answers it now
             elif isinstance(msg, LeaseReply):
                 fut = conn.leases.get(msg.request_id)
                 if fut is not None and not fut.done():  # else: a late reply, already given up
@@ -333,8 +337,8 @@ class ReplicationServer(TlsListener[_Conn]):
                 pos = await self._answer_digest(conn, pos)
                 continue
             applied = self._source.applied_index()
-            entries = await self._source.read_wal(pos, self._cfg.wal_max_entries, self._cfg.wal_max_bytes)
-            if self._fell_behind(pos):
+            entries, behind = await self._read_from(pos)
+            if behind:
                 log.info("replication_secondary_fell_behind", secondary_id=conn.secondary_id, remote_index=pos)
                 pos = await self._bulk_sync(conn)
                 continue
@@ -342,6 +346,14 @@ class ReplicationServer(TlsListener[_Conn]):
                 pos = await self._send_wal(conn, entries)
                 continue
             await self._idle(conn, applied)
+
+    async def _read_from(self, pos: int) -> tuple[list[WalEntry], bool]:
+        """Entries after ``pos`` and whether the secondary fell behind the retained window
+        (the bounds are only re-read when the entries do not start right after ``pos``)."""
+        entries = await self._source.read_wal(pos, self._cfg.wal_max_entries, self._cfg.wal_max_bytes)
+        if entries and entries[0].index == pos + 1:
+            return entries, False
+        return entries, self._fell_behind(pos)
 
     def _fell_behind(self, pos: int) -> bool:
         """After a read from ``pos``: were entries after ``pos`` truncated (so the read may have
@@ -358,6 +370,7 @@ class ReplicationServer(TlsListener[_Conn]):
                 entries = filter_local(entries, keep)
         conn.sent_index = entries[-1].index
         await self._send(conn, Wal(conn.epoch, tuple(entries)))
+        conn.last_wal = conn.last_send
         return conn.sent_index
 
     async def _bulk_sync(self, conn: _Conn) -> int:
@@ -393,8 +406,8 @@ class ReplicationServer(TlsListener[_Conn]):
             if index < pos:  # the source went backwards: recompute rather than reply falsely
                 continue
             while True:
-                entries = await self._source.read_wal(pos, self._cfg.wal_max_entries, self._cfg.wal_max_bytes)
-                if self._fell_behind(pos):
+                entries, behind = await self._read_from(pos)
+                if behind:
                     pos = await self._bulk_sync(conn)
                     break  # the secondary now stands at the snapshot: compute a fresh digest
                 upto = [e for e in entries if e.index <= index]
@@ -423,21 +436,21 @@ class ReplicationServer(TlsListener[_Conn]):
         started = time.monotonic()
         remaining = conn.last_send + self._cfg.heartbeat_interval - started
         if remaining > 0 and not conn.digests:
-            conn.wake.clear()
-            waiter = asyncio.ensure_future(self._source.wait_for_index(applied, remaining))
-            woken = asyncio.ensure_future(conn.wake.wait())
+            # One task per round, which a digest request cancels (the read loop).
+            conn.waiter = asyncio.ensure_future(self._source.wait_for_index(applied, remaining))
             try:
-                await asyncio.wait({waiter, woken}, return_when=asyncio.FIRST_COMPLETED)
+                await conn.waiter
+            except asyncio.CancelledError:
+                me = asyncio.current_task()
+                if me is not None and me.cancelling():
+                    raise  # this connection is ending, not a digest request
             finally:
-                for t in (waiter, woken):
-                    t.cancel()
-                await asyncio.gather(waiter, woken, return_exceptions=True)
-            error = waiter.exception() if waiter.done() and not waiter.cancelled() else None
-            if error is not None:
-                raise error
-            steady = time.monotonic() - started < self._cfg.busy_gap
-            if steady and not conn.digests and self._cfg.stream_coalesce > 0:
-                await asyncio.sleep(self._cfg.stream_coalesce)
+                conn.waiter = None
+            now = time.monotonic()
+            if now - started < self._cfg.busy_gap and not conn.digests:
+                delay = conn.last_wal + self._cfg.stream_interval - now
+                if delay > 0:
+                    await asyncio.sleep(delay)
         await self._heartbeat_if_due(conn)
 
     async def _heartbeat_if_due(self, conn: _Conn, *, busy: bool = False) -> None:

@@ -84,13 +84,12 @@ class ServerConfig:
     bulk_chunk_bytes: int = 1 << 20
     max_pending_digests: int = 4
     state_check_interval: float = 1.0  # how often a stream re-checks authorization and leadership
-    #: Under a steady stream (the next apply came within ``busy_gap``), send at most one Wal
-    #: frame per ``stream_interval``, so that one frame carries several entries: each round
-    #: (read, frame, TLS write, the secondary's Ack) costs the primary's event loop about the
-    #: same whatever it carries. Adds at most this to the lag, and to a write's latency in
-    #: ``dr_sync`` mode (where the manager sets a shorter interval).
-    stream_interval: float = 0.012
-    busy_gap: float = 0.005
+    #: At most one Wal frame per ``stream_interval`` (an apply that comes later than that
+    #: after the last frame goes out at once), so that under load one frame carries several
+    #: entries: each round (read, frame, TLS write, the secondary's Ack) costs the primary's
+    #: event loop about the same whatever it carries. Adds at most this to the lag, and to a
+    #: write's latency in ``dr_sync`` mode (where the manager sets a shorter interval).
+    stream_interval: float = 0.025
 
 
 class _Close(Exception):
@@ -446,11 +445,9 @@ class ReplicationServer(TlsListener[_Conn]):
                     raise  # this connection is ending, not a digest request
             finally:
                 conn.waiter = None
-            now = time.monotonic()
-            if now - started < self._cfg.busy_gap and not conn.digests:
-                delay = conn.last_wal + self._cfg.stream_interval - now
-                if delay > 0:
-                    await asyncio.sleep(delay)
+            delay = conn.last_wal + self._cfg.stream_interval - time.monotonic()
+            if delay > 0 and not conn.digests:
+                await asyncio.sleep(delay)
         await self._heartbeat_if_due(conn)
 
     async def _heartbeat_if_due(self, conn: _Conn, *, busy: bool = False) -> None:

@@ -51,7 +51,7 @@ if TYPE_CHECKING:
     from vaultraft.core.core import Core
 
 log = structlog.get_logger("vaultraft.replication")
-#: Wal frame interval under a steady stream with ``dr_sync`` (the default is 12 ms).
+#: Wal frame interval under a steady stream with ``dr_sync`` (the default is 25 ms).
 _SYNC_STREAM_INTERVAL = 0.004
 
 RECONCILE_PERIOD = 0.25

@@ -44,6 +44,7 @@ class LeadershipMixin:
         * A single-node leader commits an entry only on the tick after it was added, and
           nothing else wakes that tick's poll: wake it at once instead of after a full
           AUTO_TICK_PERIOD (with followers, their answers wake it).
+        * Tells followers a commit index no AppendEntries carried yet (``notify_commit``).
         """
         obj = self._obj
         if obj is None:
@@ -59,6 +60,8 @@ class LeadershipMixin:
                            lease_expiry([last.get(n, -math.inf) for n in others], len(others) + 1, self.tuning.lease))
             if not others and obj.raftCommitIndex < obj._SyncObj__raftLog[-1][1]:
                 obj._SyncObj__pipeNotifier.notify()
+            if others or obj._SyncObj__readonlyNodes:
+                obj.notify_commit(raft_clock())
         except (RuntimeError, AttributeError, IndexError, OSError):  # never break pysyncobj's tick
             pass
 

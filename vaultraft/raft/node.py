@@ -68,6 +68,10 @@ ATTEMPT_TIMEOUT = 3.0
 JOURNAL_FLUSH_INTERVAL = 0.05
 #: pysyncobj's tick: the longest its thread sleeps in poll() when no socket or command wakes it.
 AUTO_TICK_PERIOD = 0.01
+#: How long a leader lets followers go without hearing a new commit index before it sends
+#: one on its own (see _ReplicatedLog.notify_commit): under load the next entry carries it
+#: sooner; idle, followers apply within about this plus one tick.
+COMMIT_NOTICE_DELAY = 0.015
 SNAPSHOT_INVALIDATES = ("core/keyring", "core/mounts", "core/auth", "core/audit", "sys/policy/")
 _RETRYABLE = {FAIL_REASON.QUEUE_FULL, FAIL_REASON.MISSING_LEADER, FAIL_REASON.DISCARDED,
               FAIL_REASON.NOT_LEADER, FAIL_REASON.LEADER_CHANGED, FAIL_REASON.UNKNOWN_OUTCOME}
@@ -117,6 +121,32 @@ class _ReplicatedLog(SyncObj):  # type: ignore[misc]
         super().__init__(self_addr, list(peers), conf, **kwargs)
 
     _vr_on_applied: Any = None
+    _vr_told = 0  # the commit index the last AppendEntries carried
+    _vr_untold_since: float | None = None  # when notify_commit first saw a newer one
+
+    # pysyncobj sends every follower an AppendEntries right after each apply on the leader,
+    # only to tell them the new commit index: per entry, two more frames out and two answers
+    # in on the active node, and a wake-up on each follower. The next entry's AppendEntries
+    # carries the commit index anyway, so the leader skips that send and notify_commit (its
+    # tick callback) sends one only when no AppendEntries carried the index for a while.
+    def _SyncObj__applyLogEntries(self) -> bool:
+        SyncObj._SyncObj__applyLogEntries(self)
+        return False
+
+    def _SyncObj__sendAppendEntries(self) -> None:
+        self._vr_told = self.raftCommitIndex
+        SyncObj._SyncObj__sendAppendEntries(self)
+
+    def notify_commit(self, now: float) -> None:
+        """On the leader's Raft thread, once per tick: send followers the commit index if no
+        AppendEntries has carried it for COMMIT_NOTICE_DELAY."""
+        if self.raftCommitIndex <= self._vr_told:
+            self._vr_untold_since = None
+        elif self._vr_untold_since is None:
+            self._vr_untold_since = now
+        elif now - self._vr_untold_since >= COMMIT_NOTICE_DELAY:
+            self._vr_untold_since = None
+            self._SyncObj__sendAppendEntries()
 
     @replicated  # type: ignore[untyped-decorator]
     def apply_command(self, raw: bytes) -> list[tuple[int, str | None]]:

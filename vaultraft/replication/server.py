@@ -84,12 +84,15 @@ class ServerConfig:
     bulk_chunk_bytes: int = 1 << 20
     max_pending_digests: int = 4
     state_check_interval: float = 1.0  # how often a stream re-checks authorization and leadership
-    #: At most one Wal frame per ``stream_interval`` (an apply that comes later than that
-    #: after the last frame goes out at once), so that under load one frame carries several
-    #: entries: each round (read, frame, TLS write, the secondary's Ack) costs the primary's
-    #: event loop about the same whatever it carries. Adds at most this to the lag, and to a
-    #: write's latency in ``dr_sync`` mode (where the manager sets a shorter interval).
+    #: While the primary is busy, at most one Wal frame per ``stream_interval`` (an apply
+    #: that comes later than that after the last frame goes out at once), so that one frame
+    #: carries several entries: each round (read, frame, TLS write, the secondary's Ack)
+    #: costs the primary's event loop about the same whatever it carries. Adds at most this
+    #: to the lag, and to a write's latency in ``dr_sync`` mode (where the manager sets a
+    #: shorter interval). "Busy" is read from group commit: the last entries shipped carried
+    #: ``busy_batches`` batches (writes) each on average, so concurrent writes were queueing.
     stream_interval: float = 0.025
+    busy_batches: float = 4.0
 
 
 class _Close(Exception):
@@ -116,6 +119,7 @@ class _Conn(ListenerConn):
     last_send: float = field(default_factory=time.monotonic)
     last_heartbeat: float = field(default_factory=time.monotonic)
     last_wal: float = 0.0  # monotonic time the last Wal frame went out
+    busy: bool = False  # the entries of the last Wal frame were group commits (frames paced)
     last_check: float = field(default_factory=time.monotonic)
     digests: collections.deque[int] = field(default_factory=collections.deque)
     waiter: asyncio.Task[int] | None = None  # the send loop's wait for an apply (_idle)
@@ -361,6 +365,7 @@ class ReplicationServer(TlsListener[_Conn]):
         return first - 1 > pos and self._source.applied_index() != pos
 
     async def _send_wal(self, conn: _Conn, entries: list[WalEntry]) -> int:
+        conn.busy = sum(len(e.batches) for e in entries) >= self._cfg.busy_batches * len(entries)
         if conn.mode == "performance":
             keep = conn.key_filter
             if sum(len(b) for e in entries for b in e.batches) >= _OFFLOAD_FILTER_BYTES:
@@ -446,7 +451,7 @@ class ReplicationServer(TlsListener[_Conn]):
             finally:
                 conn.waiter = None
             delay = conn.last_wal + self._cfg.stream_interval - time.monotonic()
-            if delay > 0 and not conn.digests:
+            if conn.busy and delay > 0 and not conn.digests:
                 await asyncio.sleep(delay)
         await self._heartbeat_if_due(conn)
 

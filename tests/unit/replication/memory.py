@@ -151,6 +151,7 @@ class MemorySink:
         self.remote_index = 0
         self.complete = False
         self.received: list[int] = []  # every entry index passed to apply_wal
+        self.applies: list[int] = []  # how many entries each apply_wal call carried
         self.received_batches: list[Batch] = []
         self.bulk_begins: list[tuple[str, int]] = []
         self.gate: asyncio.Event | None = None  # when set to an unset event, apply_wal waits on it
@@ -174,6 +175,7 @@ class MemorySink:
         if self.gate is not None:
             await self.gate.wait()
         assert lineage == self.lineage and self.complete
+        self.applies.append(len(entries))
         for e in entries:
             self.received.append(e.index)
             if e.index <= self.remote_index:

@@ -3,6 +3,7 @@ real loopback mutual TLS."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 
 import pytest
@@ -50,6 +51,31 @@ async def test_new_secondary_bulk_syncs_then_streams_in_order(harness: Harness) 
     assert status.last_remote_wal == source.wal[-1].index
     await eventually(lambda: registry.contacts[-1].remote_index == source.wal[-1].index, what="ack")
     assert registry.contacts[-1].connected and registry.contacts[-1].mode == "dr"
+
+
+async def test_wal_frames_are_paced_only_while_entries_are_group_commits(harness: Harness) -> None:
+    source, registry, sink = MemoryWalSource(), MemoryRegistry({"sec-a": "dr"}), MemorySink()
+    source.put("k0", b"v")
+    srv = await harness.server(source, registry, stream_interval=0.1)
+    harness.run(harness.client(sink, [srv.bound_address]))
+    await caught_up(sink, source)
+    # light load, one write per entry: every entry is shipped as soon as it is applied
+    start = len(sink.applies)
+    for i in range(10):
+        source.put(f"light-{i}", b"v")
+        await asyncio.sleep(0.02)
+    await caught_up(sink, source)
+    light = sink.applies[start:]
+    assert sum(light) == 10 and len(light) >= 8, light
+    # busy: five writes per entry, an entry every 10 ms for 0.5 s; at most one frame per
+    # 100 ms once the first busy frame went out (unpaced: ~50 frames)
+    start = len(sink.applies)
+    for i in range(50):
+        source.commit(*(Batch((Op.put(f"busy-{i}-{j}", b"v"),)) for j in range(5)))
+        await asyncio.sleep(0.01)
+    await caught_up(sink, source)
+    busy = sink.applies[start:]
+    assert sum(busy) == 50 and len(busy) <= 12, busy
 
 
 async def test_resume_after_reconnect_without_duplicates(harness: Harness) -> None:

@@ -49,6 +49,10 @@ TLS_KEY = "raft/tls"  # under core/: the cluster CA (replicated, barrier-encrypt
 LEADER_KEY = "leader"  # under core/: where the active node advertises itself
 LEASE_WAIT = 15.0
 ROLE_POLL = 0.05
+#: How long a request waits, on a node that still leads the Raft log but whose quorum lease
+#: lapsed for a moment, for the active role to come back before it is refused (see
+#: Core._regain_active). pysyncobj gives up leadership after the same time without a quorum.
+LEASE_LAPSE_WAIT = 1.0
 
 
 @dataclass(frozen=True)
@@ -177,6 +181,10 @@ class ClusterLink:
     def is_active(self) -> bool:
         """Whether this node may act as the active node right now."""
         return self.raft is None or self.raft.has_lease()
+
+    def leads_log(self) -> bool:
+        """Whether the Raft library believes this node leads (no quorum lease implied)."""
+        return self.raft is not None and self.raft.is_leader()
 
     async def load_ca(self, core_view: StorageView | None) -> ClusterCA:
         """The cluster CA (read from the barrier once), for certifying joining nodes."""

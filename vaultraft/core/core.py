@@ -24,7 +24,7 @@ from vaultraft.barrier import (
 )
 from vaultraft.core import raft_ops
 from vaultraft.core.audit_table import AuditTable
-from vaultraft.core.cluster import ClusterLink
+from vaultraft.core.cluster import LEASE_LAPSE_WAIT, ClusterLink
 from vaultraft.core.ha_roles import HaRoles
 from vaultraft.core.mounts import MountEntry, MountTable, Route, Router, new_entry
 from vaultraft.core.policy_store import PolicyStore
@@ -57,6 +57,7 @@ log = structlog.get_logger("vaultraft.core")
 
 BUILD_DATE = "2026-11-23T00:00:00Z"
 _LOCAL_OPS = (Operation.READ, Operation.LIST, Operation.HELP)
+_REGAIN_POLL = 0.01  # how often a request waiting for the lease looks again
 INDEX_WAIT = 2.0
 _TABLE_KEYS = ("core/mounts", "core/local-mounts", "core/auth", "core/local-auth", "core/audit", "core/local-audit")
 _WATCHED = ("core/", "sys/policy/")
@@ -341,7 +342,7 @@ class Core(HaRoles, ReplicationRoles):
             raise InvalidRequest(DR_PATH_DISABLED)
         if staged is not None:
             raise Unavailable(PERF_ACTIVATING)
-        if not self.active:
+        if not self.active and not await self._regain_active():
             if not self._serves_locally(req):
                 info = await self.leader_info()
                 raise NotLeader(info.api_addr if info else None)
@@ -370,6 +371,23 @@ class Core(HaRoles, ReplicationRoles):
         if fenced:
             self.replication.fencing.check_writes()  # never acknowledge once the lease may have ended
         return resp
+
+    async def _regain_active(self) -> bool:
+        """True once this node is active again, when it still leads the Raft log and only
+        its quorum lease lapsed (a follower's answer, or its own Raft thread, came late
+        under load; no election): such a request waits up to LEASE_LAPSE_WAIT instead of
+        being refused with 503. It is served only once the lease holds again, exactly as
+        any request on the active node. False at once on a standby."""
+        if not self.cluster.leads_log():
+            return False
+        deadline = time.monotonic() + LEASE_LAPSE_WAIT
+        while time.monotonic() < deadline:
+            await asyncio.sleep(_REGAIN_POLL)
+            if self.active:
+                return True
+            if not self.cluster.leads_log():
+                return False
+        return False
 
     async def _wait_for_index(self, req: Request) -> None:
         """Read-after-write: wait until this node applied the client's X-Vault-Index."""

@@ -28,6 +28,7 @@ from vaultraft.hardening import harden_process
 from vaultraft.http import build_app
 from vaultraft.logging import configure_logging
 from vaultraft.logical import VaultError
+from vaultraft.raft.layout import raft_dir
 from vaultraft.raft.node import RaftPhysical
 from vaultraft.raft.rebuild import rebuild_from_local_log
 from vaultraft.storage import Physical
@@ -189,7 +190,7 @@ async def open_physical(config: ServerConfig) -> Physical:
         store = await asyncio.to_thread(LMDBStore, os.path.join(st.path, "vault.db"), wal_retention=retention,
                                         metasync=False, rebuildable=True)
         if store.rebuilt:  # set aside after an OS crash: refill it before anything reads it
-            await asyncio.to_thread(rebuild_from_local_log, store, os.path.join(st.path, "raft"))
+            await asyncio.to_thread(rebuild_from_local_log, store, raft_dir(st.path))
         return RaftPhysical(store, data_dir=st.path, node_id=node_id_for(config),
                             self_addr=cluster_self_addr(config, config.listeners[0]),
                             bind_addr=config.listeners[0].cluster_address)

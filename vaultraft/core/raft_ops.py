@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import os
 import shutil
 from typing import TYPE_CHECKING, Any
 
@@ -124,8 +123,7 @@ async def complete_join(core: "Core", root_key: bytes) -> None:
                                              core.settings.replication_addr, raft.accepts_non_voter)
     await raft.stop_consensus()
     await asyncio.to_thread(raft.store.wipe)
-    raft_dir = os.path.join(raft.data_dir, "raft")
-    shutil.rmtree(raft_dir, ignore_errors=True)
+    shutil.rmtree(raft.raft_dir, ignore_errors=True)
     await raft.start_consensus(transport, peers=peers, voter=not non_voter)
     loop = asyncio.get_running_loop()
     end = loop.time() + SYNC_WAIT

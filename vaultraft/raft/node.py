@@ -31,6 +31,7 @@ import pysyncobj.pickle as pysyncobj_pickle
 from pysyncobj.node import TCPNode
 
 from vaultraft.aio import wait_event, within
+from vaultraft.raft import layout
 from vaultraft.raft.background import JournalSync
 from vaultraft.raft.command import Command, CommandKind
 from vaultraft.raft.errors import (
@@ -233,14 +234,14 @@ class RaftPhysical(LeadershipMixin, MembershipMixin):
         if voter is not None:
             self.record_voter(voter)
         self.voter = self.is_voter()
-        raft_dir = os.path.join(self.data_dir, "raft")
+        raft_dir = self.raft_dir
         os.makedirs(raft_dir, mode=0o700, exist_ok=True)
         serializer, deserializer = pysyncobj_hooks(self.store, TCPNode, self._on_snapshot_installed)
         t = self.tuning
         conf = SyncObjConf(
             bindAddress=self.bind_addr,
-            journalFile=os.path.join(raft_dir, "journal"),
-            fullDumpFile=os.path.join(raft_dir, "snapshot"),
+            journalFile=layout.journal_path(raft_dir),
+            fullDumpFile=layout.snapshot_path(raft_dir),
             serializer=serializer,
             deserializer=deserializer,
             useFork=False,
@@ -265,7 +266,7 @@ class RaftPhysical(LeadershipMixin, MembershipMixin):
         obj._vr_on_applied = self._notify_applied
         obj.addOnTickCallback(self._on_tick)
         self._obj = obj
-        self._journal_sync = JournalSync(os.path.join(raft_dir, "journal"), JOURNAL_FLUSH_INTERVAL)
+        self._journal_sync = JournalSync(layout.journal_path(raft_dir), JOURNAL_FLUSH_INTERVAL)
         self._journal_sync.start()
         self._queue = asyncio.Queue()
         self._groups_in_flight = 0
@@ -355,6 +356,11 @@ class RaftPhysical(LeadershipMixin, MembershipMixin):
 
     def applied_index(self) -> int:
         return self.store.applied_index()
+
+    @property
+    def raft_dir(self) -> str:
+        """Where pysyncobj's journal and snapshot live (see ``raft/layout.py``)."""
+        return layout.raft_dir(self.data_dir)
 
     def commit_index(self) -> int:
         """The Raft commit index as this node knows it (0 while not in consensus)."""

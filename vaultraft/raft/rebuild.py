@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import structlog
 from pysyncobj.journal import FileJournal
 
+from vaultraft.raft import layout
 from vaultraft.raft.fsm import StateMachine
 from vaultraft.raft.snapshot import SnapshotError, install_snapshot
 from vaultraft.storage.lmdb_store import LMDBStore
@@ -48,7 +49,7 @@ def rebuild_from_local_log(store: LMDBStore, raft_dir: str) -> Rebuilt:
     change nothing, so it is safe on a store that is already current.
     """
     snapshot_index = 0
-    dump = os.path.join(raft_dir, "snapshot")
+    dump = layout.snapshot_path(raft_dir)
     if os.path.exists(dump):
         try:
             if install_snapshot(dump, store):
@@ -56,7 +57,7 @@ def rebuild_from_local_log(store: LMDBStore, raft_dir: str) -> Rebuilt:
         except SnapshotError as e:  # the journal and the peers still hold the log
             log.warning("raft_rebuild_snapshot_unusable", error=str(e))
     applied = 0
-    journal_path = os.path.join(raft_dir, "journal")
+    journal_path = layout.journal_path(raft_dir)
     if os.path.exists(journal_path):
         journal = FileJournal(journal_path)
         try:

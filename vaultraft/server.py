@@ -25,7 +25,7 @@ from vaultraft.core.mounts import new_entry
 from vaultraft.core.raft_join import retry_until
 from vaultraft.core.seal_lifecycle import build_seal_manager
 from vaultraft.hardening import harden_process
-from vaultraft.http import build_app
+from vaultraft.http import ApiServer
 from vaultraft.logging import configure_logging
 from vaultraft.logical import VaultError
 from vaultraft.raft.layout import raft_dir
@@ -230,10 +230,11 @@ async def serve(config: ServerConfig, dev: DevOptions | None) -> int:
             await physical.close()
             raise
     write_pid_file(config.pid_file)
-    runner = web.AppRunner(build_app(core, max_request_size=listener.max_request_size), access_log=None,
-                           handle_signals=False)
+    api = ApiServer(core, max_request_size=listener.max_request_size)
+    runner = web.ServerRunner(api.server(), handle_signals=False)
     stop_join = asyncio.Event()
     await runner.setup()
+    api.start()
     try:
         for lst in config.listeners:
             site = web.TCPSite(runner, lst.host or "0.0.0.0", lst.port, ssl_context=tls_context(lst),
@@ -263,6 +264,7 @@ async def serve(config: ServerConfig, dev: DevOptions | None) -> int:
     finally:
         stop_join.set()
         await runner.cleanup()
+        await api.close()
         if not core.sealed:
             await core.seal()
         await core.seals.shutdown()

@@ -3,6 +3,6 @@
 This is the only layer that knows HTTP status codes.
 """
 
-from vaultraft.http.app import build_app
+from vaultraft.http.app import ApiServer
 
-__all__ = ["build_app"]
+__all__ = ["ApiServer"]

@@ -20,7 +20,7 @@ def no_leader_response() -> web.Response:
     return web.json_response({"errors": ["local node not active but active cluster node not found"]}, status=503)
 
 
-def redirect(leader_api_addr: str, request: web.Request) -> web.Response:
+def redirect(leader_api_addr: str, request: web.BaseRequest) -> web.Response:
     """307 to the same path on the active node."""
     return web.Response(status=307, headers={"Location": leader_api_addr.rstrip("/") + request.path_qs})
 
@@ -38,7 +38,7 @@ class Forwarder:
             await self._session.close()
             self._session = None
 
-    async def forward(self, leader_api_addr: str, request: web.Request) -> web.Response:
+    async def forward(self, leader_api_addr: str, request: web.BaseRequest) -> web.Response:
         """Replay ``request`` against the active node and relay its answer."""
         if request.headers.get(FORWARDED_HEADER):
             return no_leader_response()  # the "active" node we forwarded to is not active either

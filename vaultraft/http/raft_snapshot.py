@@ -1,7 +1,7 @@
 """Streaming handlers for ``sys/storage/raft/snapshot`` and ``snapshot-force``.
 
-The catch-all handler speaks JSON; a snapshot is a binary file of any size. These two
-routes are registered ahead of it. Authorization is still core's: each request runs
+The API handler speaks JSON; a snapshot is a binary file of any size. The API server
+(:class:`vaultraft.http.app.ApiServer`) sends these two paths here instead. Authorization is still core's: each request runs
 through :meth:`Core.handle_request` (token, ACL with ``sudo``, audit) like any other,
 and the sys handler it reaches exchanges the file with this module through a
 :class:`~vaultraft.core.raft_snapshot.Transfer` registered under the request id (the
@@ -47,24 +47,16 @@ _SKIP_HEADERS = {"x-vault-token", "authorization", "cookie"}
 _KEEP_RESPONSE = ("Content-Type", "Content-Length", "Content-Disposition", "Location", "Retry-After")
 
 
-def add_routes(app: web.Application, core: Core) -> None:
-    """Route the snapshot endpoints to :class:`SnapshotHandler` (call before the catch-all)
-    and, at startup, let core watch the log for restores on this node."""
-    handler = SnapshotHandler(core)
-    for path in PATHS:
-        app.router.add_route("*", "/v1/" + path, handler)
-
-    async def watch_restores(_: web.Application) -> None:
-        raft_snapshot.attach(core)
-
-    app.on_startup.append(watch_restores)
+def watch_restores(core: Core) -> None:
+    """Let core watch the log for completed restores on this node (the event loop must run)."""
+    raft_snapshot.attach(core)
 
 
 def _json(status: int, body: Any) -> web.Response:
     return web.Response(status=status, text=json.dumps(body), content_type="application/json")
 
 
-def _token(request: web.Request) -> str:
+def _token(request: web.BaseRequest) -> str:
     tok = request.headers.get("X-Vault-Token", "")
     if tok:
         return tok.strip()
@@ -78,7 +70,7 @@ class SnapshotHandler:
     def __init__(self, core: Core) -> None:
         self.core = core
 
-    async def __call__(self, request: web.Request) -> web.StreamResponse:
+    async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         started = time.monotonic()
         request_id = str(uuid.uuid4())
         path = request.path[len("/v1/"):]
@@ -97,7 +89,7 @@ class SnapshotHandler:
                     request.remote)
         return resp
 
-    async def _dispatch(self, request: web.Request, path: str, request_id: str) -> web.StreamResponse:
+    async def _dispatch(self, request: web.BaseRequest, path: str, request_id: str) -> web.StreamResponse:
         core = self.core
         force = PATHS[path]
         if request.method == "GET" and not force:
@@ -132,7 +124,7 @@ class SnapshotHandler:
             raise InvalidRequest("no snapshot was produced")
         return await _send_file(request, transfer.path, transfer.size)
 
-    async def _to_active(self, request: web.Request, leader_addr: str | None) -> web.StreamResponse:
+    async def _to_active(self, request: web.BaseRequest, leader_addr: str | None) -> web.StreamResponse:
         """Relay the request to the active node, streaming bodies both ways."""
         if not leader_addr or request.headers.get(FORWARDED_HEADER):
             return no_leader_response()
@@ -161,12 +153,12 @@ class SnapshotHandler:
             raise
 
 
-async def _relay_body(request: web.Request) -> AsyncIterator[bytes]:
+async def _relay_body(request: web.BaseRequest) -> AsyncIterator[bytes]:
     async for chunk in request.content.iter_chunked(CHUNK):
         yield chunk
 
 
-async def _receive(request: web.Request, dest: str) -> int:
+async def _receive(request: web.BaseRequest, dest: str) -> int:
     """Write the request body to ``dest`` (0600); its size. InvalidRequest when too large."""
     size = 0
     fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -179,7 +171,7 @@ async def _receive(request: web.Request, dest: str) -> int:
     return size
 
 
-async def _send_file(request: web.Request, path: str, size: int) -> web.StreamResponse:
+async def _send_file(request: web.BaseRequest, path: str, size: int) -> web.StreamResponse:
     """Stream the snapshot file at ``path`` and delete it."""
     try:
         resp = web.StreamResponse(status=200, headers={"Content-Type": "application/octet-stream"})

@@ -226,9 +226,12 @@ class ApiServer:
         self.max_request_size = max_request_size
         self.api = ApiHandler(core)
         self.snapshots = raft_snapshot.SnapshotHandler(core)
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def server(self) -> web.Server:
-        """A low-level aiohttp server whose requests this object answers (no access log)."""
+        """A low-level aiohttp server whose requests this object answers (no access log);
+        call it on the event loop that will serve them."""
+        self._loop = asyncio.get_running_loop()
         return web.Server(self, request_factory=self._make_request, access_log=None)
 
     def start(self) -> None:
@@ -256,5 +259,6 @@ class ApiServer:
         return await self.api(request, path)
 
     def _make_request(self, message: Any, payload: Any, protocol: Any, writer: Any, task: Any) -> web.BaseRequest:
-        return web.BaseRequest(message, payload, protocol, writer, task, asyncio.get_running_loop(),
+        assert self._loop is not None
+        return web.BaseRequest(message, payload, protocol, writer, task, self._loop,
                                client_max_size=self.max_request_size)

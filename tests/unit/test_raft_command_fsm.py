@@ -207,14 +207,18 @@ def test_raising_observer_does_not_break_apply(store: LMDBStore) -> None:
     assert fsm.failed is None
 
 
-def test_map_full_grows_the_store(tmp_path: Path) -> None:
-    s = LMDBStore(str(tmp_path / "small"), map_size=1 << 16)
+@pytest.mark.parametrize("rebuildable", [False, True], ids=["synced", "write-map"])
+def test_map_full_grows_the_store(tmp_path: Path, rebuildable: bool) -> None:
+    s = LMDBStore(str(tmp_path / "small"), map_size=1 << 16, rebuildable=rebuildable)
     try:
         fsm = StateMachine(s)
         big = [put(f"k{i}", os.urandom(2000)) for i in range(40)]  # ~80 KB > 64 KB map
         results = fsm.apply(entry(*big), 1)
         assert all(r == ApplyResult(1) for r in results)
         assert s.get("k39") is not None and fsm.failed is None
+        more = [put(f"m{i}", os.urandom(2000)) for i in range(80)]
+        assert all(r == ApplyResult(2) for r in fsm.apply(entry(*more), 2))
+        assert s.get("k0") is not None and s.get("m79") is not None and s.applied_index() == 2
     finally:
         s.close()
 

@@ -301,3 +301,26 @@ def test_inmem_snapshot_is_an_lmdb_copy(tmp_path) -> None:  # type: ignore[no-un
     copy = LMDBStore(str(tmp_path / "snap"))
     assert copy.get("a/b") == b"1" and copy.get("c") == b"2" and copy.applied_index() == 7
     copy.close()
+
+
+@pytest.mark.parametrize("rebuildable", [False, True], ids=["synced", "write-map"])
+def test_a_batch_lmdb_itself_refuses_is_left_out_whole(tmp_path: Path, rebuildable: bool) -> None:
+    """``batch_error`` checks what LMDB checks; should LMDB still refuse an operation, the
+    transaction is applied again without that batch: none of its operations land (not even
+    the ones before the refused one), every other batch does, and the index is consumed."""
+    store = LMDBStore(str(tmp_path / "db"), rebuildable=rebuildable)
+    store._max_key = 4096  # let an over-long key past the pre-check, so that LMDB refuses it
+    too_long = "k" * (STORE_MAX_KEY_BYTES + 1)
+    res = store.apply_entry(1, 1, [put(("a", b"1")), put(("half", b"x"), (too_long, b"y")), put(("b", b"2"))])
+    assert [r.index for r in res] == [1, 1, 1]
+    assert res[0].error is None and res[2].error is None
+    assert res[1].error == "batch rejected by storage: BadValsizeError"
+    assert (store.get("a"), store.get("half"), store.get("b")) == (b"1", None, b"2")
+    assert store.applied_index() == 1
+    many = store.apply_many([(put(("c", b"3")), 2), (put(("half2", b"x"), (too_long, b"y")), 3)])
+    assert [r.error is None for r in many] == [True, False]
+    assert store.get("c") == b"3" and store.get("half2") is None and store.applied_index() == 3
+    store.close()
+    again = LMDBStore(str(tmp_path / "db"), rebuildable=rebuildable)
+    assert (again.get("a"), again.get("half"), again.get("c"), again.applied_index()) == (b"1", None, b"3", 3)
+    again.close()

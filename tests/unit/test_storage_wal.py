@@ -129,3 +129,16 @@ def test_the_in_memory_tail_answers_what_the_store_would(tmp_path: Path) -> None
     assert reopened.read_wal_cached(800, 10, 1 << 20) == reopened.read_wal(800, 10, 1 << 20)
     reopened.apply_remote(802, 1, "reset", lineage="L", remote=5)
     assert reopened.read_wal_cached(800, 10, 1 << 20) is None
+
+
+def test_a_shipped_batch_lmdb_refuses_is_left_out_whole(tmp_path: Path) -> None:
+    store = LMDBStore(str(tmp_path / "s"), rebuildable=True)
+    store.apply_remote(1, 1, "reset", lineage="L1", remote=10)
+    store.apply_remote(2, 1, "end", lineage="L1", remote=10)
+    store._max_key = 4096  # past the pre-check: LMDB itself refuses the key
+    bad = Batch((Op.put("half", b"x"), Op.put("k" * 600, b"y"))).encode()
+    wal = [WalEntry(11, 0, (_put("a", b"1").encode(), bad)), WalEntry(12, 0, (_put("b", b"2").encode(),))]
+    err, keys = store.apply_remote(3, 1, "wal", lineage="L1", remote=0, wal=wal)
+    assert err is None and sorted(keys) == ["a", "b"]
+    assert (store.get("a"), store.get("half"), store.get("b")) == (b"1", None, b"2")
+    assert store.replica_state() == ReplicaState("L1", 12, True) and store.applied_index() == 3

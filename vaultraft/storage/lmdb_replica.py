@@ -14,7 +14,7 @@ import collections
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Hashable, Iterator, Sequence
 
 import lmdb
 
@@ -61,6 +61,16 @@ class ReplicaState:
     complete: bool = False
 
 
+class _BatchRejected(Exception):
+    """LMDB refused an operation of batch ``n`` (a position chosen by the caller): the write
+    transaction is aborted and applied again with that batch left out. LMDB's write map
+    (see ``LMDBStore``) allows no nested transaction that could roll back one batch alone."""
+
+    def __init__(self, n: Hashable, reason: str) -> None:
+        super().__init__(reason)
+        self.n, self.reason = n, reason
+
+
 class ReplicaMixin:
     """Replication methods of :class:`vaultraft.storage.lmdb_store.LMDBStore`."""
 
@@ -83,7 +93,7 @@ class ReplicaMixin:
     _tail_lock: threading.Lock
 
     if TYPE_CHECKING:  # provided by LMDBStore
-        def _apply_nested(self, parent: lmdb.Transaction, batch: Batch) -> str | None: ...
+        def _write_ops(self, txn: lmdb.Transaction, batch: Batch, n: Hashable) -> None: ...
 
     # -- the in-memory WAL tail ----------------------------------------------------------
 
@@ -162,6 +172,16 @@ class ReplicaMixin:
         """
         if index <= self._applied:
             return None, []
+        skip: set[Hashable] = set()
+        while True:
+            try:
+                return self._apply_remote_once(index, term, op, lineage, remote, items, wal, keep, skip)
+            except _BatchRejected as r:  # aborted: apply the command again without that batch
+                skip.add(r.n)
+
+    def _apply_remote_once(self, index: int, term: int, op: str, lineage: str, remote: int,
+                           items: Sequence[tuple[str, bytes]], wal: Sequence[WalEntry], keep: Sequence[str],
+                           skip: set[Hashable]) -> tuple[str | None, builtins.list[str]]:
         state, err, keys = self._replica, None, []
         self.cache.begin_write()
         try:
@@ -181,7 +201,7 @@ class ReplicaMixin:
                     if state.lineage != lineage or not state.complete:
                         err = "replication stream does not continue the stored position"
                     else:
-                        err, keys, state = self._apply_wal(txn, state, wal)
+                        err, keys, state = self._apply_wal(txn, state, wal, skip)
                 else:
                     err = f"unknown replication operation {op!r}"
                 if state != self._replica:
@@ -211,21 +231,23 @@ class ReplicaMixin:
                 found = cur.delete()
         return dropped
 
-    def _apply_wal(self, txn: lmdb.Transaction, state: ReplicaState,
-                   wal: Sequence[WalEntry]) -> tuple[str | None, builtins.list[str], ReplicaState]:
+    def _apply_wal(self, txn: lmdb.Transaction, state: ReplicaState, wal: Sequence[WalEntry],
+                   skip: set[Hashable]) -> tuple[str | None, builtins.list[str], ReplicaState]:
         keys: builtins.list[str] = []
         remote = state.remote_index
         for entry in wal:
             if entry.index <= remote:
                 continue
-            for raw in entry.batches:
+            for pos, raw in enumerate(entry.batches):
+                if (entry.index, pos) in skip:  # LMDB refused it before: left out, as _batch_ok would
+                    continue
                 try:
                     batch = Batch.decode(raw)
                 except ValueError:
                     return "undecodable shipped batch", keys, ReplicaState(state.lineage, remote, True)
                 ops = tuple(o for o in batch.ops if not is_cluster_own(o.key))
                 if ops and _batch_ok(ops, self._max_key):
-                    self._apply_nested(txn, Batch(ops))
+                    self._write_ops(txn, Batch(ops), (entry.index, pos))
                     keys.extend(o.key for o in ops)
             remote = entry.index
         return None, keys, ReplicaState(state.lineage, remote, True)

@@ -14,7 +14,7 @@ import os
 import shutil
 import threading
 from contextlib import contextmanager
-from typing import Iterator, Sequence
+from typing import Hashable, Iterator, Sequence
 
 import lmdb
 import structlog
@@ -27,6 +27,7 @@ from vaultraft.storage.lmdb_replica import (  # ReplicaState, WalRetention: re-e
     ReplicaMixin,
     ReplicaState,  # noqa: F401
     WalRetention,
+    _BatchRejected,
     _read_replica_state,
     _shipped_form,
     encode_index,
@@ -157,6 +158,11 @@ class LMDBStore(ReplicaMixin):
             metasync=self._metasync and not unsynced,
             mode=0o600,
             readahead=False,
+            # A rebuildable store commits without fsync and is rebuilt from the log after an
+            # OS crash, so writing pages in place in the map (no pwrite of a copy of every
+            # dirty page per commit) changes nothing it relies on; a process crash still
+            # leaves the last committed transaction (LMDB never overwrites live pages).
+            writemap=unsynced,
         )
         self._data = self._env.open_db(_DATA_DB)
         self._meta = self._env.open_db(_META_DB)
@@ -254,8 +260,17 @@ class LMDBStore(ReplicaMixin):
         """Apply several (batch, index) pairs in ONE write transaction (group commit).
 
         Indexes must increase along the sequence; each batch behaves as in :meth:`apply`
-        (a failed batch is rolled back on its own via a nested transaction).
+        (a batch LMDB refuses is left out: the transaction is applied again without it).
         """
+        rejected: dict[Hashable, str] = {}
+        while True:
+            try:
+                return self._apply_many_once(batches, rejected)
+            except _BatchRejected as r:
+                rejected[r.n] = r.reason
+
+    def _apply_many_once(self, batches: Sequence[tuple[Batch, int]],
+                         rejected: dict[Hashable, str]) -> builtins.list[ApplyResult]:
         results: builtins.list[ApplyResult] = []
         applied = self._applied
         stored: builtins.list[Batch] = []  # the batches this transaction wrote
@@ -263,13 +278,13 @@ class LMDBStore(ReplicaMixin):
         self.cache.begin_write()
         try:
             with self._guard.shared(), self._env.begin(write=True) as txn:
-                for batch, index in batches:
+                for n, (batch, index) in enumerate(batches):
                     if index <= applied:
                         results.append(ApplyResult(index))
                         continue
-                    err = batch_error(batch, self._max_key)
+                    err = rejected.get(n) or batch_error(batch, self._max_key)
                     if err is None:
-                        err = self._apply_nested(txn, batch)
+                        self._write_ops(txn, batch, n)
                     if err is None:
                         stored.append(batch)
                     results.append(ApplyResult(index, err))
@@ -283,25 +298,20 @@ class LMDBStore(ReplicaMixin):
         self._applied = applied
         return results
 
-    def _apply_nested(self, parent: lmdb.Transaction, batch: Batch) -> str | None:
-        """Apply one validated batch in a child transaction; a value error aborts only it."""
-        child = self._env.begin(write=True, parent=parent)
+    def _write_ops(self, txn: lmdb.Transaction, batch: Batch, n: Hashable) -> None:
+        """Write batch ``n``'s operations in ``txn``; _BatchRejected if LMDB refuses one
+        (``batch_error`` checks what LMDB checks, so this is a safety net)."""
+        data = self._data
         try:
             for op in batch.ops:
                 k = op.key.encode("utf-8")
                 if op.kind is OpKind.PUT:
                     assert op.value is not None
-                    child.put(k, bytes(op.value), db=self._data)
+                    txn.put(k, bytes(op.value), db=data)
                 else:
-                    child.delete(k, db=self._data)
+                    txn.delete(k, db=data)
         except (lmdb.BadValsizeError, ValueError) as e:
-            child.abort()
-            return f"batch rejected by storage: {type(e).__name__}"
-        except BaseException:
-            child.abort()
-            raise
-        child.commit()
-        return None
+            raise _BatchRejected(n, f"batch rejected by storage: {type(e).__name__}") from None
 
     def apply_entry(self, index: int, term: int, batches: Sequence[Batch], *, raw_batches: Sequence[bytes] = (),
                     ts_ms: int = 0) -> builtins.list[ApplyResult]:
@@ -317,6 +327,15 @@ class LMDBStore(ReplicaMixin):
         this index's replication WAL entry (``raw_batches``, the batches' encodings when
         given, avoid re-encoding; ``ts_ms`` is the leader's timestamp for age pruning).
         """
+        rejected: dict[Hashable, str] = {}
+        while True:
+            try:
+                return self._apply_entry_once(index, term, batches, raw_batches, ts_ms, rejected)
+            except _BatchRejected as r:  # aborted: apply the entry again without that batch
+                rejected[r.n] = r.reason
+
+    def _apply_entry_once(self, index: int, term: int, batches: Sequence[Batch], raw_batches: Sequence[bytes],
+                          ts_ms: int, rejected: dict[Hashable, str]) -> builtins.list[ApplyResult]:
         if index <= self._applied:
             return [ApplyResult(index) for _ in batches]
         results: builtins.list[ApplyResult] = []
@@ -333,9 +352,9 @@ class LMDBStore(ReplicaMixin):
                         if seen is not None:
                             results.append(ApplyResult(int.from_bytes(seen, "big")))
                             continue
-                    err = batch_error(batch, self._max_key)
+                    err = rejected.get(n) or batch_error(batch, self._max_key)
                     if err is None:
-                        err = self._apply_nested(txn, batch)
+                        self._write_ops(txn, batch, n)
                     if err is None:
                         stored.append(batch)
                     if rid and err is None:

@@ -19,6 +19,7 @@ from vaultraft.raft.command import (
 )
 from vaultraft.raft.fsm import StateMachine
 from vaultraft.storage import ApplyResult, Batch, Op
+from vaultraft.storage.batch import OpKind
 from vaultraft.storage.lmdb_store import LMDBStore
 
 
@@ -267,3 +268,55 @@ def test_log_commands_carry_ciphertext_bytes_unexpanded() -> None:
     old = pickle.dumps(call, 2)
     assert len(old) > len(payload) * 1.3
     assert pysyncobj_pickle.loads(old) == call
+
+
+# -- the active node applies what it proposed without decoding it (Command.encode_known) --------
+
+_any_key = st.one_of(st.text(max_size=8), st.text(min_size=1100, max_size=1100), st.integers(), st.none())
+_any_value = st.one_of(st.binary(max_size=8), st.builds(bytearray, st.binary(max_size=8)), st.none(), st.text(max_size=4))
+_any_op = st.builds(Op, st.sampled_from(list(OpKind)), _any_key, _any_value,
+                    st.one_of(st.booleans(), st.integers(0, 2)))
+_any_batch = st.builds(Batch, st.lists(_any_op, max_size=4).map(tuple), st.one_of(st.binary(max_size=8), st.text(max_size=2)))
+
+
+@settings(max_examples=300, deadline=None)
+@given(batches=st.lists(_any_batch, max_size=4), ts=st.integers(0, 2**40))
+def test_encode_known_is_exactly_what_decode_returns_or_none(batches: list[Batch], ts: int) -> None:
+    """The active node's shortcut may never apply anything a follower would not: when
+    ``encode_known`` offers a command it equals ``decode`` of the same bytes (values and
+    their types too); for anything decode rejects or converts it offers None."""
+    try:
+        raw, known = Command(CommandKind.BATCHES, tuple(batches), ts_ms=ts).encode_known()
+    except (TypeError, ValueError, OverflowError):  # msgpack cannot encode it: nobody proposes that
+        return
+    assert raw == Command(CommandKind.BATCHES, tuple(batches), ts_ms=ts).encode()
+    try:
+        decoded = Command.decode(raw)
+    except CommandDecodeError:
+        assert known is None
+        return
+    if known is None:  # only a conversion (bytearray -> bytes, 2 -> True) may withhold it
+        assert decoded.batches != tuple(batches) or any(
+            type(o.value) is bytearray or type(o.local) is not bool for b in batches for o in b.ops)
+        return
+    assert known == decoded and known.raw_batches == decoded.raw_batches
+    for kb, db in zip(known.batches, decoded.batches):
+        assert [(type(o.key), type(o.value), type(o.local)) for o in kb.ops] == \
+            [(type(o.key), type(o.value), type(o.local)) for o in db.ops]
+
+
+def test_the_active_node_applies_its_own_command_like_a_follower_decoding_it(tmp_path: Path) -> None:
+    leader, follower = LMDBStore(str(tmp_path / "l")), LMDBStore(str(tmp_path / "f"))
+    try:
+        cmd = Command(CommandKind.BATCHES, (put("a", b"1", b"r1"), Batch((Op.delete("zz"), Op.put("b", b"2"))),
+                                            put("a", b"again", b"r1")), ts_ms=5)
+        raw, known = cmd.encode_known()
+        assert known is not None
+        mine = StateMachine(leader).apply(raw, 1, 1, known)
+        theirs = StateMachine(follower).apply(raw, 1, 1)
+        assert mine == theirs and mine[2] == ApplyResult(1)  # the retried request id: skipped
+        assert snapshot_of(leader) == snapshot_of(follower)
+        assert leader.read_wal(0, 10, 1 << 20) == follower.read_wal(0, 10, 1 << 20)
+    finally:
+        leader.close()
+        follower.close()

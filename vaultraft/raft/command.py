@@ -62,15 +62,31 @@ class Command:
 
     def encode(self) -> bytes:
         """Versioned msgpack bytes."""
+        return self._pack([b.encode() for b in self.batches])
+
+    def encode_known(self) -> tuple[bytes, "Command | None"]:
+        """:meth:`encode`, and the command :meth:`decode` returns for those bytes (with
+        ``raw_batches``), built without decoding them; None instead when a batch would not
+        decode as itself (see ``Batch.decodes_as_itself``): then decoding must decide. The
+        active node applies the entries it proposed from this, so it does not parse its
+        own batches back; every other member decodes the same bytes to an equal command."""
+        raw_batches = tuple(b.encode() for b in self.batches)
+        raw = self._pack(list(raw_batches))
+        if self.kind is not CommandKind.BATCHES or self.items or self.wal or self.keep or self.lineage \
+                or self.remote_index or type(self.nonce) is not bytes or type(self.ts_ms) is not int \
+                or not all(b.decodes_as_itself() for b in self.batches):
+            return raw, None
+        return raw, Command(self.kind, self.batches, self.nonce, self.ts_ms, raw_batches=raw_batches)
+
+    def _pack(self, raw_batches: list[bytes]) -> bytes:
         extra: dict[str, Any] = {"ts": self.ts_ms}
         if self.kind >= CommandKind.REPL_RESET:
             extra.update(lineage=self.lineage, remote=self.remote_index,
                          items=[[k, v] for k, v in self.items], wal=[e.encode() for e in self.wal])
             if self.keep:
                 extra["keep"] = list(self.keep)
-        packed: bytes = msgpack.packb(
-            [COMMAND_VERSION, int(self.kind), [b.encode() for b in self.batches], self.nonce, extra],
-            use_bin_type=True)
+        packed: bytes = msgpack.packb([COMMAND_VERSION, int(self.kind), raw_batches, self.nonce, extra],
+                                      use_bin_type=True)
         return packed
 
     @staticmethod

@@ -31,18 +31,24 @@ class StateMachine:
         self.observer = observer
         self.failed: str | None = None  # set when the store itself can no longer apply
 
-    def apply(self, raw: bytes, index: int, term: int = 0) -> list[ApplyResult]:
+    def apply(self, raw: bytes, index: int, term: int = 0, known: Command | None = None) -> list[ApplyResult]:
         """Apply the command ``raw`` as log entry ``index``; never raises.
+
+        ``known`` is what ``Command.decode(raw)`` returns, when the caller has it already
+        (``Command.encode_known``: the entries the active node proposed itself).
 
         After a storage failure nothing more is applied (the stored index stays before the
         failed entry, so a restart replays from there instead of silently skipping it).
         """
         if self.failed is not None:
             return [ApplyResult(index, "storage failure on this node")]
-        try:
-            cmd = Command.decode(raw)
-        except CommandDecodeError as e:
-            return self._record_failure(index, term, str(e))
+        if known is not None:
+            cmd = known
+        else:
+            try:
+                cmd = Command.decode(raw)
+            except CommandDecodeError as e:
+                return self._record_failure(index, term, str(e))
         replay = index <= self.store.applied_index()  # journal replay after a restart: writes nothing
         if cmd.kind >= CommandKind.REPL_RESET:
             return self._apply_remote(cmd, index, term, replay)

@@ -116,12 +116,16 @@ class _ReplicatedLog(SyncObj):  # type: ignore[misc]
     def __init__(self, self_addr: str | None, peers: Sequence[str], conf: SyncObjConf, fsm: StateMachine,
                  transport_class: type | None) -> None:
         self._vr_fsm = fsm
+        self._vr_known = {}
         kwargs: dict[str, Any] = {}
         if transport_class is not None:
             kwargs["transportClass"] = transport_class
         super().__init__(self_addr, list(peers), conf, **kwargs)
 
     _vr_on_applied: Any = None
+    #: Commands this node proposed, by their bytes: applied without decoding them again
+    #: (``Command.encode_known``). Written on the event loop, read on the Raft thread.
+    _vr_known: dict[bytes, Command]
     _vr_told = 0  # the commit index the last AppendEntries carried
     _vr_untold_since: float | None = None  # when notify_commit first saw a newer one
 
@@ -152,7 +156,7 @@ class _ReplicatedLog(SyncObj):  # type: ignore[misc]
     @replicated  # type: ignore[untyped-decorator]
     def apply_command(self, raw: bytes) -> list[tuple[int, str | None]]:
         index = self.raftLastApplied + 1
-        out = [(r.index, r.error) for r in self._vr_fsm.apply(raw, index, self._getTerm())]
+        out = [(r.index, r.error) for r in self._vr_fsm.apply(raw, index, self._getTerm(), self._vr_known.get(raw))]
         if self._vr_on_applied is not None:
             self._vr_on_applied()
         return out
@@ -501,8 +505,9 @@ class RaftPhysical(LeadershipMixin, MembershipMixin):
 
     async def _commit_group(self, group: builtins.list[_Pending], inflight: asyncio.Semaphore, landed: asyncio.Event) -> None:
         try:
-            cmd = Command(CommandKind.BATCHES, tuple(p.batch for p in group), ts_ms=int(time.time() * 1000)).encode()
-            results = await self._submit(cmd, time.monotonic() + self.tuning.commit_timeout)
+            cmd, known = Command(CommandKind.BATCHES, tuple(p.batch for p in group),
+                                 ts_ms=int(time.time() * 1000)).encode_known()
+            results = await self._submit(cmd, time.monotonic() + self.tuning.commit_timeout, known)
             for p, r in zip(group, results):
                 if not p.future.done():
                     p.future.set_result(r)
@@ -521,7 +526,17 @@ class RaftPhysical(LeadershipMixin, MembershipMixin):
             if not self._groups_in_flight:
                 landed.set()
 
-    async def _submit(self, cmd: bytes, deadline: float) -> builtins.list[ApplyResult]:
+    async def _submit(self, cmd: bytes, deadline: float, known: Command | None = None) -> builtins.list[ApplyResult]:
+        obj = self._obj
+        if known is None or obj is None:
+            return await self._submit_attempts(cmd, deadline)
+        obj._vr_known[cmd] = known
+        try:
+            return await self._submit_attempts(cmd, deadline)
+        finally:
+            obj._vr_known.pop(cmd, None)
+
+    async def _submit_attempts(self, cmd: bytes, deadline: float) -> builtins.list[ApplyResult]:
         loop = asyncio.get_running_loop()
         attempt = 0
         while True:

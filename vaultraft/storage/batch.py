@@ -69,6 +69,25 @@ class Batch:
         )
         return packed
 
+    def decodes_as_itself(self) -> bool:
+        """Whether :meth:`decode` of :meth:`encode` returns a batch equal to this one and
+        holding the same values (exact types throughout: ``bytes`` values, ``bool`` flags),
+        rather than raising or converting. Checks what ``decode`` checks, without encoding."""
+        if type(self.request_id) is not bytes:
+            return False
+        for o in self.ops:
+            key, value = o.key, o.value
+            if type(key) is not str or not key or (len(key) * 4 > MAX_KEY_BYTES and len(key.encode()) > MAX_KEY_BYTES):
+                return False
+            if type(o.local) is not bool or _KINDS.get(o.kind) is None:
+                return False
+            if o.kind is OpKind.PUT:
+                if type(value) is not bytes:
+                    return False
+            elif value is not None:
+                return False
+        return True
+
     @staticmethod
     def decode(raw: bytes) -> "Batch":
         """Parse bytes from :meth:`encode`; raises BatchDecodeError for anything else."""

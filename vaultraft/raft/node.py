@@ -156,7 +156,8 @@ class _ReplicatedLog(SyncObj):  # type: ignore[misc]
     @replicated  # type: ignore[untyped-decorator]
     def apply_command(self, raw: bytes) -> list[tuple[int, str | None]]:
         index = self.raftLastApplied + 1
-        out = [(r.index, r.error) for r in self._vr_fsm.apply(raw, index, self._getTerm(), self._vr_known.get(raw))]
+        known = self._vr_known.get(raw) if self._vr_known else None  # (a follower's is empty: no hashing)
+        out = [(r.index, r.error) for r in self._vr_fsm.apply(raw, index, self._getTerm(), known)]
         if self._vr_on_applied is not None:
             self._vr_on_applied()
         return out

@@ -272,11 +272,15 @@ def test_every_node_refuses_clients_while_a_performance_activation_is_staged(
     pc.write("sys/replication/performance/primary/enable")
     tok = pc.write("sys/replication/performance/primary/secondary-token", id="perf-ha")["wrap_info"]["token"]
     client(s).write("sys/replication/performance/secondary/enable", token=tok)
-    # the primary dies once the standby holds a half-synced copy: its own data dropped by the
-    # bulk sync, part of the primary's arrived. Frozen at once (the whole bulk sync takes well
-    # under a second), then let go in small steps until then.
-    kill_mid_bulk_sync(p, lambda: not live_keys(standby.data_dir, own_prefix)
-                       and bool(live_keys(standby.data_dir, b"logical/")))
+    # the primary dies once the secondary's active node holds a half-synced copy: its own data
+    # dropped by the bulk sync, part of the primary's arrived. Frozen at once (the whole bulk
+    # sync takes well under a second), then let go in small steps until then. (The active
+    # node is watched, not the standby that follows its log: waiting for the standby let the
+    # active node drain the rest of the stream from its socket and finish the activation.)
+    kill_mid_bulk_sync(p, lambda: not live_keys(active.data_dir, own_prefix)
+                       and bool(live_keys(active.data_dir, b"logical/")))
+    wait_for("the standby to hold the half-synced copy too",
+             lambda: not live_keys(standby.data_dir, own_prefix) and bool(live_keys(standby.data_dir, b"logical/")))
     wait_for("the stuck activation in the status",
              lambda: perf_mode(active)[2].get("last_error", "").startswith("cannot reach the primary"))
 

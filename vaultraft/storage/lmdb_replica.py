@@ -14,7 +14,7 @@ import collections
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Hashable, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Hashable, Iterator, Sequence, TypeVar
 
 import lmdb
 
@@ -61,6 +61,9 @@ class ReplicaState:
     complete: bool = False
 
 
+T = TypeVar("T")
+
+
 class _BatchRejected(Exception):
     """LMDB refused an operation of batch ``n`` (a position chosen by the caller): the write
     transaction is aborted and applied again with that batch left out. LMDB's write map
@@ -69,6 +72,18 @@ class _BatchRejected(Exception):
     def __init__(self, n: Hashable, reason: str) -> None:
         super().__init__(reason)
         self.n, self.reason = n, reason
+
+
+def retry_refused(attempt: Callable[[dict[Hashable, str]], T]) -> T:
+    """Run ``attempt(rejected)`` until no batch is refused: each :class:`_BatchRejected`
+    (its transaction aborted) adds that batch's position and reason to ``rejected``, which
+    the next attempt leaves out. Ends: every round leaves out one more batch."""
+    rejected: dict[Hashable, str] = {}
+    while True:
+        try:
+            return attempt(rejected)
+        except _BatchRejected as r:
+            rejected[r.n] = r.reason
 
 
 class ReplicaMixin:
@@ -172,16 +187,12 @@ class ReplicaMixin:
         """
         if index <= self._applied:
             return None, []
-        skip: set[Hashable] = set()
-        while True:
-            try:
-                return self._apply_remote_once(index, term, op, lineage, remote, items, wal, keep, skip)
-            except _BatchRejected as r:  # aborted: apply the command again without that batch
-                skip.add(r.n)
+        return retry_refused(lambda skip: self._apply_remote_once(index, term, op, lineage, remote, items, wal,
+                                                                   keep, skip))
 
     def _apply_remote_once(self, index: int, term: int, op: str, lineage: str, remote: int,
                            items: Sequence[tuple[str, bytes]], wal: Sequence[WalEntry], keep: Sequence[str],
-                           skip: set[Hashable]) -> tuple[str | None, builtins.list[str]]:
+                           skip: dict[Hashable, str]) -> tuple[str | None, builtins.list[str]]:
         state, err, keys = self._replica, None, []
         self.cache.begin_write()
         try:
@@ -232,7 +243,7 @@ class ReplicaMixin:
         return dropped
 
     def _apply_wal(self, txn: lmdb.Transaction, state: ReplicaState, wal: Sequence[WalEntry],
-                   skip: set[Hashable]) -> tuple[str | None, builtins.list[str], ReplicaState]:
+                   skip: dict[Hashable, str]) -> tuple[str | None, builtins.list[str], ReplicaState]:
         keys: builtins.list[str] = []
         remote = state.remote_index
         for entry in wal:

@@ -28,6 +28,7 @@ from vaultraft.storage.lmdb_replica import (  # ReplicaState, WalRetention: re-e
     ReplicaState,  # noqa: F401
     WalRetention,
     _BatchRejected,
+    retry_refused,
     _read_replica_state,
     _shipped_form,
     encode_index,
@@ -262,12 +263,7 @@ class LMDBStore(ReplicaMixin):
         Indexes must increase along the sequence; each batch behaves as in :meth:`apply`
         (a batch LMDB refuses is left out: the transaction is applied again without it).
         """
-        rejected: dict[Hashable, str] = {}
-        while True:
-            try:
-                return self._apply_many_once(batches, rejected)
-            except _BatchRejected as r:
-                rejected[r.n] = r.reason
+        return retry_refused(lambda rejected: self._apply_many_once(batches, rejected))
 
     def _apply_many_once(self, batches: Sequence[tuple[Batch, int]],
                          rejected: dict[Hashable, str]) -> builtins.list[ApplyResult]:
@@ -327,12 +323,8 @@ class LMDBStore(ReplicaMixin):
         this index's replication WAL entry (``raw_batches``, the batches' encodings when
         given, avoid re-encoding; ``ts_ms`` is the leader's timestamp for age pruning).
         """
-        rejected: dict[Hashable, str] = {}
-        while True:
-            try:
-                return self._apply_entry_once(index, term, batches, raw_batches, ts_ms, rejected)
-            except _BatchRejected as r:  # aborted: apply the entry again without that batch
-                rejected[r.n] = r.reason
+        return retry_refused(lambda rejected: self._apply_entry_once(index, term, batches, raw_batches, ts_ms,
+                                                                    rejected))
 
     def _apply_entry_once(self, index: int, term: int, batches: Sequence[Batch], raw_batches: Sequence[bytes],
                           ts_ms: int, rejected: dict[Hashable, str]) -> builtins.list[ApplyResult]:
